@@ -1,0 +1,1 @@
+"""Reference backend for the sessions API, with real rPPG inference."""

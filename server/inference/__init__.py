@@ -1,0 +1,1 @@
+"""rPPG inference: vitals from a vitalcam tensor (numpy and scipy only)."""
