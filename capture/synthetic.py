@@ -9,6 +9,7 @@ scored against it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -67,7 +68,7 @@ def beat_times(
 def pulse_waveform(t_s: np.ndarray, beats_s: np.ndarray) -> np.ndarray:
     """A PPG-like pulse (systolic wave plus a smaller diastolic wave per beat), zero mean, peak-to-peak 1."""
     wave = np.zeros_like(t_s)
-    for onset, following in zip(beats_s[:-1], beats_s[1:], strict=True):
+    for onset, following in itertools.pairwise(beats_s):
         ibi = following - onset
         wave += np.exp(-0.5 * ((t_s - onset - 0.25 * ibi) / (0.09 * ibi)) ** 2)
         wave += 0.45 * np.exp(-0.5 * ((t_s - onset - 0.55 * ibi) / (0.12 * ibi)) ** 2)
