@@ -130,9 +130,11 @@ def to_bytes(m: Measurement) -> bytes:
     validate(m)
     from safetensors.numpy import save
 
-    tensors = {name: np.ascontiguousarray(getattr(m, name), dtype=_NUMPY_DTYPES[name]) for name in _DTYPES}
-    if m.patches is None:
-        del tensors["patches"]
+    tensors = {
+        name: np.ascontiguousarray(getattr(m, name), dtype=_NUMPY_DTYPES[name])
+        for name in _DTYPES
+        if getattr(m, name) is not None
+    }
     metadata = {**m.extra_metadata, **_metadata_dict(m.meta)}
     data = save(tensors, metadata=metadata)
     if len(data) > MAX_PAYLOAD_BYTES:
@@ -249,7 +251,7 @@ def _read_tensors(header: dict[str, object], buffer: bytes, data_start: int) -> 
             raise TensorFormatError(name, "tensor entry must have exactly dtype, shape and data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype != _DTYPES[name]:
-            raise TensorFormatError(name, f"dtype must be {_DTYPES[name]}, got {dtype!r}")
+            raise TensorFormatError(name, f"dtype must be {_dtype_label(name)}, got {dtype!r}")
         if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
             raise TensorFormatError(name, f"shape must be a list of non-negative integers, got {shape!r}")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
@@ -272,6 +274,10 @@ def _read_tensors(header: dict[str, object], buffer: bytes, data_start: int) -> 
     if cursor != data_len:
         raise TensorFormatError("payload", f"{data_len - cursor} trailing bytes after the last tensor")
     return arrays
+
+
+def _dtype_label(name: str) -> str:
+    return f"{_DTYPES[name]} ({_NUMPY_DTYPES[name].name})"
 
 
 def _is_count(value: object) -> bool:
@@ -301,7 +307,7 @@ def _check_array(name: str, array: object, *, shape: tuple[int, ...] | None = No
     if not isinstance(array, np.ndarray):
         raise TensorFormatError(name, f"must be a numpy array, got {type(array).__name__}")
     if array.dtype != _NUMPY_DTYPES[name]:
-        raise TensorFormatError(name, f"dtype must be {_NUMPY_DTYPES[name].name}, got {array.dtype.name}")
+        raise TensorFormatError(name, f"dtype must be {_dtype_label(name)}, got {array.dtype.name}")
     if shape is not None and array.shape != shape:
         raise TensorFormatError(
             name, f"shape must be {list(shape)} to match t_s and regions, got {list(array.shape)}"

@@ -1,0 +1,274 @@
+"""Tensor format v1: round trips, one rejection per rule, and fuzzing that only TensorFormatError escapes."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import load as safetensors_load
+from safetensors.numpy import save as safetensors_save
+
+from preprocess.tensor import (
+    FACE_REGIONS,
+    MAX_PAYLOAD_BYTES,
+    Measurement,
+    TensorFormatError,
+    TensorMetadata,
+    from_bytes,
+    to_bytes,
+)
+
+
+def make(
+    n_frames: int = 300, fps: float = 30.0, patches: bool = True, seed: int = 0, absent_every: int = 50
+) -> Measurement:
+    rng = np.random.default_rng(seed)
+    t_s = np.arange(n_frames, dtype=np.float64) / fps + rng.uniform(0, 0.002, n_frames)
+    rgb = rng.uniform(60, 200, (n_frames, 4, 3)).astype(np.float32)
+    skin_px = rng.integers(100, 5000, (n_frames, 4)).astype(np.int32)
+    face_box = np.tile(np.float32([0.3, 0.2, 0.4, 0.5]), (n_frames, 1))
+    # Some frames lose one region, some lose the face entirely.
+    skin_px[::absent_every, 1] = 0
+    rgb[::absent_every, 1] = np.nan
+    face_box[7] = np.nan
+    return Measurement(
+        t_s=t_s,
+        rgb=rgb,
+        skin_px=skin_px,
+        face_box=face_box,
+        patches=rng.integers(0, 256, (n_frames, 72, 72, 3), dtype=np.uint8) if patches else None,
+        meta=TensorMetadata(FACE_REGIONS, 640, 480, "camera", "vitalcam/test"),
+    )
+
+
+def replace(m: Measurement, **changes: object) -> Measurement:
+    return dataclasses.replace(m, **changes)
+
+
+def rewrite(data: bytes, edit: callable) -> bytes:
+    """Apply `edit` to the parsed JSON header and reassemble the payload with the same tensor bytes."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+
+def assert_same(a: Measurement, b: Measurement) -> None:
+    for name in ("t_s", "rgb", "skin_px", "face_box"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert getattr(a, name).dtype == getattr(b, name).dtype
+    if a.patches is None:
+        assert b.patches is None
+    else:
+        np.testing.assert_array_equal(a.patches, b.patches)
+    assert a.meta == b.meta
+
+
+@pytest.mark.parametrize("patches", [True, False])
+def test_round_trip(patches: bool) -> None:
+    m = make(patches=patches)
+    back = from_bytes(to_bytes(m))
+    assert_same(m, back)
+    assert back.n_frames == 300 and back.n_regions == 4
+    assert back.fps == pytest.approx(299 / (m.t_s[-1] - m.t_s[0]))
+
+
+def test_payload_is_standard_safetensors() -> None:
+    """Any safetensors reader can open our bytes, and bytes from the reference writer parse."""
+    m = make(patches=False)
+    data = to_bytes(m)
+    tensors = safetensors_load(data)
+    assert set(tensors) == {"t_s", "rgb", "skin_px", "face_box"}
+    assert tensors["rgb"].dtype == np.float32 and tensors["t_s"].dtype == np.float64
+    (n,) = struct.unpack("<Q", data[:8])
+    metadata = json.loads(data[8 : 8 + n])["__metadata__"]
+    assert metadata["format"] == "vitalcam-tensor" and metadata["version"] == "1"
+    assert metadata["regions"] == "forehead,left_cheek,right_cheek,face"
+    again = safetensors_save(tensors, metadata=metadata)
+    assert_same(m, from_bytes(again))
+
+
+def test_unknown_metadata_keys_are_kept_for_forward_compatibility() -> None:
+    m = replace(make(patches=False), extra_metadata={"camera_model": "C920"})
+    assert from_bytes(to_bytes(m)).extra_metadata == {"camera_model": "C920"}
+
+
+def test_fps_is_derived_from_timestamps_not_assumed() -> None:
+    m = make(n_frames=301, fps=15.0, patches=False)
+    assert from_bytes(to_bytes(m)).fps == pytest.approx(15.0, rel=0.01)
+
+
+BAD_MEASUREMENTS = [
+    ("rgb", "dtype must be F32", lambda m: replace(m, rgb=m.rgb.astype(np.float64))),
+    ("t_s", "dtype must be F64", lambda m: replace(m, t_s=m.t_s.astype(np.float32))),
+    ("skin_px", "shape must be", lambda m: replace(m, skin_px=m.skin_px[:-1])),
+    ("face_box", "shape must be", lambda m: replace(m, face_box=m.face_box[:, :3])),
+    ("patches", "shape must be", lambda m: replace(m, patches=m.patches[:, :64])),
+    ("t_s", "strictly increasing", lambda m: replace(m, t_s=np.concatenate([m.t_s[:10], m.t_s[9:-1]]))),
+    ("t_s", "must be finite", lambda m: replace(m, t_s=np.where(np.arange(300) == 5, np.nan, m.t_s))),
+    ("t_s", "duration", lambda m: replace(m, t_s=m.t_s / 10)),
+    ("t_s", "duration", lambda m: replace(m, t_s=m.t_s * 20)),
+    ("t_s", "frame rate", lambda m: replace(m, t_s=m.t_s * 10)),
+    ("rgb", "finite where skin_px > 0", lambda m: replace(m, rgb=_put(m.rgb, (3, 0, 1), np.inf))),
+    ("rgb", "finite where skin_px > 0", lambda m: replace(m, rgb=_put(m.rgb, (3, 0, 1), np.nan))),
+    ("rgb", "0..255", lambda m: replace(m, rgb=_put(m.rgb, (3, 0, 1), 300.0))),
+    ("rgb", "NaN where skin_px == 0", lambda m: replace(m, rgb=_put(m.rgb, (0, 1, 0), 10.0))),
+    ("skin_px", ">= 0", lambda m: replace(m, skin_px=_put(m.skin_px, (3, 2), -1))),
+    ("face_box", "all NaN", lambda m: replace(m, face_box=_put(m.face_box, (3, 0), np.nan))),
+    ("face_box", "no inf", lambda m: replace(m, face_box=_put(m.face_box, (3, slice(None)), np.inf))),
+    ("face_box", "w and h", lambda m: replace(m, face_box=_put(m.face_box, (3, 2), 0.0))),
+    (
+        "__metadata__.regions",
+        "unique",
+        lambda m: replace(m, meta=dataclasses.replace(m.meta, regions=("a", "b", "a", "c"))),
+    ),
+    (
+        "__metadata__.source",
+        "must be one of",
+        lambda m: replace(m, meta=dataclasses.replace(m.meta, source="x")),
+    ),
+    (
+        "__metadata__.frame_width",
+        "1..",
+        lambda m: replace(m, meta=dataclasses.replace(m.meta, frame_width=0)),
+    ),
+]
+
+
+def _put(array: np.ndarray, index: tuple, value: float) -> np.ndarray:
+    out = array.copy()
+    out[index] = value
+    return out
+
+
+@pytest.mark.parametrize(("field", "rule", "mutate"), BAD_MEASUREMENTS)
+def test_each_rule_rejected_on_write_and_read(field: str, rule: str, mutate: callable) -> None:
+    bad = mutate(make())
+    with pytest.raises(TensorFormatError, match=rule) as info:
+        to_bytes(bad)
+    assert info.value.field == field
+    # The reader enforces the same rule on bytes written without validation.
+    tensors = {k: getattr(bad, k) for k in ("t_s", "rgb", "skin_px", "face_box", "patches")}
+    metadata = {
+        "format": "vitalcam-tensor",
+        "version": "1",
+        "regions": ",".join(bad.meta.regions),
+        "frame_width": str(bad.meta.frame_width),
+        "frame_height": str(bad.meta.frame_height),
+        "source": bad.meta.source,
+        "sdk": bad.meta.sdk,
+    }
+    raw = safetensors_save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
+    with pytest.raises(TensorFormatError, match=rule) as info:
+        from_bytes(raw)
+    assert info.value.field == field
+
+
+def test_frame_rate_above_limit_rejected() -> None:
+    m = make(n_frames=900, patches=False)
+    with pytest.raises(TensorFormatError, match="frame rate 150"):
+        to_bytes(replace(m, t_s=m.t_s / 5))
+
+
+def test_oversize_payload_rejected_before_parsing() -> None:
+    with pytest.raises(TensorFormatError, match="64") as info:
+        from_bytes(b"\0" * (MAX_PAYLOAD_BYTES + 1))
+    assert info.value.field == "payload"
+
+
+def test_oversize_measurement_rejected_on_write_with_advice() -> None:
+    m = make(n_frames=5400, fps=30.0, patches=True, absent_every=10_000)  # 180 s of patches ~ 84 MB
+    with pytest.raises(TensorFormatError, match="traces-only"):
+        to_bytes(m)
+
+
+HEADER_EDITS = [
+    ("__metadata__.format", "unknown format", lambda h: h["__metadata__"].update(format="other")),
+    ("__metadata__.version", "unsupported version", lambda h: h["__metadata__"].update(version="2")),
+    ("__metadata__.sdk", "missing", lambda h: h["__metadata__"].pop("sdk")),
+    ("__metadata__", "missing", lambda h: h.pop("__metadata__")),
+    ("__metadata__.frame_width", "decimal integer", lambda h: h["__metadata__"].update(frame_width="-5")),
+    ("skin_px", "missing tensor", lambda h: h.pop("skin_px")),
+    ("extra", "unknown tensor", lambda h: h.update(extra=h["t_s"])),
+    ("rgb", "dtype must be F32", lambda h: h["rgb"].update(dtype="F16")),
+    ("rgb", "data_offsets span", lambda h: h["rgb"].update(shape=[300, 4, 2])),
+]
+
+
+@pytest.mark.parametrize(("field", "rule", "edit"), HEADER_EDITS)
+def test_header_edits_rejected(field: str, rule: str, edit: callable) -> None:
+    with pytest.raises(TensorFormatError, match=rule) as info:
+        from_bytes(rewrite(to_bytes(make(patches=False)), edit))
+    assert info.value.field == field
+
+
+def test_truncated_and_garbage_rejected() -> None:
+    data = to_bytes(make(patches=False))
+    with pytest.raises(TensorFormatError, match="truncated"):
+        from_bytes(data[:-100])
+    with pytest.raises(TensorFormatError, match="truncated"):
+        from_bytes(data[:20])
+    with pytest.raises(TensorFormatError, match="8-byte header"):
+        from_bytes(b"abc")
+    with pytest.raises(TensorFormatError, match="trailing"):
+        from_bytes(data + b"\0")
+    with pytest.raises(TensorFormatError):
+        from_bytes(np.random.default_rng(1).bytes(4096))
+
+
+VALID = to_bytes(make(n_frames=160, patches=False, seed=3))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.tuples(st.just("flip"), st.integers(0, len(VALID) - 1), st.integers(0, 7)),
+        st.tuples(st.just("truncate"), st.integers(0, len(VALID) - 1), st.just(0)),
+        st.tuples(st.just("byte"), st.integers(0, 600), st.integers(0, 255)),
+    )
+)
+def test_mutated_payloads_only_raise_format_error(mutation: tuple[str, int, int]) -> None:
+    kind, position, value = mutation
+    data = bytearray(VALID)
+    if kind == "flip":
+        data[position] ^= 1 << value
+    elif kind == "truncate":
+        data = data[:position]
+    else:
+        data[min(position, len(data) - 1)] = value
+    with contextlib.suppress(TensorFormatError):
+        from_bytes(bytes(data))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["t_s", "rgb", "skin_px", "face_box"]),
+    st.sampled_from(["F64", "F32", "F16", "I32", "I64", "U8", "BOOL"]),
+    st.lists(st.integers(0, 400), min_size=0, max_size=4),
+)
+def test_dtype_and_shape_edits_only_raise_format_error(name: str, dtype: str, shape: list[int]) -> None:
+    def edit(header: dict) -> None:
+        header[name]["dtype"] = dtype
+        header[name]["shape"] = shape
+
+    with contextlib.suppress(TensorFormatError):
+        from_bytes(rewrite(VALID, edit))
+
+
+def test_format_module_imports_without_heavy_stack() -> None:
+    code = (
+        "import sys, preprocess.tensor\n"
+        "heavy = [m for m in ('cv2', 'mediapipe', 'numba') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
