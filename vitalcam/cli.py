@@ -1,18 +1,162 @@
-"""The `vitalcam` command line."""
+"""vitalcam: camera vital signs (rPPG). Measures on this device, infers on a sessions-API backend.
+
+Without --api-url every measurement runs against the embedded reference backend on 127.0.0.1.
+
+Exit codes: 0 success, 1 internal error, 2 bad arguments or unreadable input, 3 no camera,
+4 no face or quality too low, 5 server or network failure (the tensor is kept in the outbox),
+130 cancelled (Ctrl-C or q in the preview).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 from vitalcam import __version__
 
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_NO_CAMERA = 3
+EXIT_QUALITY = 4
+EXIT_SERVER = 5
+EXIT_CANCELLED = 130
+
+
+def _camera_spec(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-url",
+        default=os.environ.get("VITALCAM_API_URL"),
+        help="sessions-API base URL (env VITALCAM_API_URL); default: the embedded reference backend",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("VITALCAM_API_KEY"),
+        help="API key, ck_test_... (env VITALCAM_API_KEY)",
+    )
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitalcam", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="vitalcam", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"vitalcam {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    m = commands.add_parser(
+        "measure",
+        help="measure vitals from a camera or a recorded video",
+        description="Measure vitals: camera 0 for 30 s by default, or replay a recorded video with --video.",
+    )
+    where = m.add_mutually_exclusive_group()
+    where.add_argument(
+        "--camera",
+        type=_camera_spec,
+        default=0,
+        metavar="N|PATH|URL",
+        help="camera index, device path or stream URL",
+    )
+    where.add_argument(
+        "--video", type=Path, metavar="PATH", help="replay a recorded video file instead of a camera"
+    )
+    m.add_argument(
+        "--duration",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="seconds to capture (default 30 for a camera; the whole video, up to 180 s, for --video)",
+    )
+    m.add_argument("--age", type=int, help="age in years (1..120), improves the blood-pressure prior")
+    m.add_argument("--sex", choices=["M", "F", "X"], help="sex, improves the blood-pressure prior")
+    m.add_argument(
+        "--fitzpatrick", type=int, choices=range(1, 7), metavar="1..6", help="Fitzpatrick skin type"
+    )
+    _add_backend_options(m)
+    m.add_argument(
+        "--payload",
+        choices=["full", "traces"],
+        default="full",
+        help="full: traces and 72x72 face patches; traces: colour traces only (smaller, more private)",
+    )
+    m.add_argument(
+        "--regions",
+        choices=["face", "full-frame"],
+        default="face",
+        help="face: forehead and cheek regions from face landmarks; full-frame: the whole frame is skin",
+    )
+    m.add_argument("--json", action="store_true", help="print only the result JSON (the server's response)")
+    m.add_argument("--report", type=Path, metavar="PATH.html", help="write a self-contained HTML report")
+    m.add_argument("--no-preview", action="store_true", help="do not open the preview window")
+    m.add_argument(
+        "--outbox", type=Path, metavar="DIR", help="where failed uploads are kept for `vitalcam retry`"
+    )
+
+    d = commands.add_parser(
+        "demo",
+        help="measure a generated demo face video and compare with the truth",
+        description=_demo_help(),
+    )
+    d.add_argument("--report", type=Path, metavar="PATH.html", help="also write the HTML report")
+
+    s = commands.add_parser("serve", help="run the reference backend (sessions API) with uvicorn")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument(
+        "--data-dir", type=Path, help="data directory (default: VITALCAM_DATA_DIR or the user data dir)"
+    )
+
+    k = commands.add_parser("keys", help="create, revoke and list API keys of the reference backend")
+    key_commands = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    kc = key_commands.add_parser("create", help="create a key for a developer and print it once")
+    kc.add_argument("--developer", required=True, help="developer (account) name the key belongs to")
+    kc.add_argument("--live", action="store_true", help="create a ck_live_ key instead of ck_test_")
+    kr = key_commands.add_parser("revoke", help="revoke a key by the id shown in `keys list`")
+    kr.add_argument("key_id", help="key id from `vitalcam keys list`")
+    kl = key_commands.add_parser("list", help="list keys (ids, developers, status; never the secrets)")
+    for sub in (kc, kr, kl):
+        sub.add_argument("--data-dir", type=Path, help="data directory, the same as `vitalcam serve` uses")
+
+    r = commands.add_parser(
+        "retry",
+        help="upload the measurements kept in the outbox",
+        description="Replay every pending outbox item.",
+    )
+    _add_backend_options(r)
+    r.add_argument(
+        "--outbox", type=Path, metavar="DIR", help="outbox directory (default: the user cache dir)"
+    )
+
+    b = commands.add_parser("bench", help="run the benchmarks in benchmarks/ (from a source checkout)")
+    b.add_argument(
+        "names", nargs="*", help="benchmarks to run (capture, preprocess, server, inference); default all"
+    )
+
+    commands.add_parser("cameras", help="list the cameras OpenCV can open")
     return parser
+
+
+def _demo_help() -> str:
+    return (
+        "Render (once, then cached) a 30 s face video with a known pulse, breathing and head motion from a "
+        "face photo shipped with scikit-image, measure it against the embedded backend, and print measured "
+        "against true values. Needs no camera and no network."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,8 +164,246 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
-    return 0
+        return EXIT_USAGE
+    handler = {
+        "measure": cmd_measure,
+        "demo": cmd_demo,
+        "serve": cmd_serve,
+        "keys": cmd_keys,
+        "retry": cmd_retry,
+        "bench": cmd_bench,
+        "cameras": cmd_cameras,
+    }[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from vitalcam.session import MeasureOptions
+
+    demographics = {
+        k: getattr(args, k) for k in ("age", "sex", "fitzpatrick") if getattr(args, k) is not None
+    }
+    if args.age is not None and not 1 <= args.age <= 120:
+        print("vitalcam measure: --age must be 1..120", file=sys.stderr)
+        return EXIT_USAGE
+    if args.api_url and not args.api_key:
+        print("vitalcam measure: --api-url needs --api-key (or VITALCAM_API_KEY)", file=sys.stderr)
+        return EXIT_USAGE
+    replay = args.video is not None
+    options = MeasureOptions(
+        source=args.video if replay else args.camera,
+        replay=replay,
+        duration_s=args.duration if args.duration is not None else (None if replay else 30.0),
+        demographics=demographics or None,
+        api_url=args.api_url,
+        api_key=args.api_key,
+        payload=args.payload,
+        regions=args.regions,
+        preview=not args.no_preview and not args.json,
+        outbox_dir=args.outbox,
+    )
+    code, _ = run_measurement(options, json_output=args.json, report=args.report)
+    return code
+
+
+def run_measurement(
+    options: Any, *, json_output: bool = False, report: Path | None = None
+) -> tuple[int, Any]:
+    """Run one measurement with terminal output; maps every failure to its documented exit code."""
+    from capture import CameraNotFound, CaptureError
+    from preprocess import QualityTooLow
+    from preprocess.tensor import TensorFormatError
+    from transport import VitalcamError
+    from vitalcam.console import print_result, progress_printer
+    from vitalcam.session import Cancelled, NotReady, measure
+
+    console = _console(stderr=json_output)
+    printer = progress_printer(console)
+    try:
+        outcome = measure(options, on_event=printer)
+    except Cancelled as exc:
+        printer.close()
+        console.print(f"cancelled: {exc}")
+        return EXIT_CANCELLED, None
+    except CameraNotFound as exc:
+        printer.close()
+        console.print(f"[red]no camera:[/red] {exc}")
+        return EXIT_NO_CAMERA, None
+    except (QualityTooLow, NotReady) as exc:
+        printer.close()
+        console.print(f"[red]not enough usable signal:[/red] {exc}")
+        return EXIT_QUALITY, None
+    except (CaptureError, TensorFormatError, FileNotFoundError) as exc:
+        printer.close()
+        console.print(f"[red]cannot read the input:[/red] {exc}")
+        return EXIT_USAGE, None
+    except VitalcamError as exc:
+        printer.close()
+        console.print(f"[red]server or network failure:[/red] {exc}")
+        outbox_path = getattr(exc, "outbox_path", None)
+        if outbox_path:
+            console.print(
+                f"The measurement is kept at {outbox_path}; run `vitalcam retry` to upload it again."
+            )
+        return EXIT_SERVER, None
+    printer.close()
+    if json_output:
+        print(json.dumps(outcome.result.raw, indent=2))
+    else:
+        print_result(console, outcome)
+    if report is not None:
+        from vitalcam.report import write_report
+
+        write_report(outcome, report)
+        console.print(f"Report written to {report}")
+    return EXIT_OK, outcome
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vitalcam.demo import cache_dir, demo_video
+    from vitalcam.session import MeasureOptions
+
+    console = _console()
+    console.print(f"Demo video cache: {cache_dir()}")
+    path, truth, rendered = demo_video()
+    console.print(("Rendered" if rendered else "Using cached") + f" demo video {path}")
+    options = MeasureOptions(source=path, replay=True, duration_s=None, preview=False)
+    code, outcome = run_measurement(options, report=args.report)
+    if outcome is None:
+        return code
+    return EXIT_OK if _print_demo_comparison(console, outcome, truth) else EXIT_QUALITY
+
+
+def _print_demo_comparison(console: Any, outcome: Any, truth: Any) -> bool:
+    """Print measured against true values; True when the heart rate is within 3 bpm of the truth."""
+    from rich.table import Table
+
+    vitals = outcome.result.vitals
+    if vitals is None or outcome.result.is_fallback:
+        return False
+    table = Table(title="Demo: measured vs true (injected into the video)")
+    for column in ("Vital", "Measured", "True", "Error"):
+        table.add_column(column)
+    pairs = (
+        ("Heart rate (bpm)", vitals.heart_rate, truth.hr_bpm),
+        ("Respiratory rate (breaths/min)", vitals.respiratory_rate, truth.rr_bpm),
+        ("HRV SDNN (ms)", vitals.hrv, truth.sdnn_ms),
+    )
+    for label, measured, true in pairs:
+        table.add_row(label, f"{measured:.1f}", f"{true:.1f}", f"{measured - true:+.1f}")
+    console.print(table)
+    return abs(vitals.heart_rate - truth.hr_bpm) <= 3.0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from server import serve
+
+    serve(host=args.host, port=args.port, data_dir=args.data_dir)
+    return EXIT_OK
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from server import create_key, default_data_dir, list_keys, revoke_key
+
+    data_dir = args.data_dir or default_data_dir()
+    if args.keys_command == "create":
+        key = create_key(data_dir, args.developer, live=args.live)
+        print(key)
+        print(f"Store this key now: it is shown once and kept only as a hash in {data_dir}.", file=sys.stderr)
+    elif args.keys_command == "revoke":
+        try:
+            revoke_key(data_dir, args.key_id)
+        except (KeyError, LookupError) as exc:
+            print(f"vitalcam keys revoke: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"revoked {args.key_id}")
+    else:
+        for info in list_keys(data_dir):
+            print(_describe_key(info))
+    return EXIT_OK
+
+
+def _describe_key(info: Any) -> str:
+    fields = getattr(info, "__dataclass_fields__", {})
+    return "  ".join(f"{name}={getattr(info, name)}" for name in fields)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from transport import Outbox, SessionClient, VitalcamError, retry_outbox
+
+    outbox = Outbox(args.outbox)
+    pending = outbox.pending()
+    if not pending:
+        print(f"outbox {outbox.directory} is empty")
+        return EXIT_OK
+    with contextlib.ExitStack() as stack:
+        api_url, api_key = args.api_url, args.api_key
+        if api_url is None:
+            from server import start_embedded
+
+            server = stack.enter_context(start_embedded())
+            api_url, api_key = server.base_url, server.api_key
+        if not api_key:
+            print("vitalcam retry: --api-url needs --api-key (or VITALCAM_API_KEY)", file=sys.stderr)
+            return EXIT_USAGE
+        client = stack.enter_context(SessionClient(api_url, api_key))
+        outcomes = retry_outbox(client, outbox)
+    failed = 0
+    for item, outcome in outcomes:
+        if isinstance(outcome, VitalcamError):
+            failed += 1
+            print(f"{item.path}: still pending ({outcome})")
+        else:
+            hr = outcome.vitals.heart_rate if outcome.vitals else None
+            print(f"{item.path}: completed, session {outcome.session_id}, heart rate {hr}")
+    return EXIT_SERVER if failed else EXIT_OK
+
+
+BENCHMARKS = ("capture", "preprocess", "inference", "server")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks").is_dir():
+        print("vitalcam bench: benchmarks/ is only in a source checkout of vitalcam", file=sys.stderr)
+        return EXIT_USAGE
+    names = args.names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(
+            f"vitalcam bench: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}"
+        )
+        return EXIT_USAGE
+    status = EXIT_OK
+    for name in names:
+        print(f"== benchmark: {name} ==", flush=True)
+        done = subprocess.run([sys.executable, "-m", f"benchmarks.bench_{name}"], cwd=root, check=False)
+        status = status or (EXIT_INTERNAL if done.returncode else EXIT_OK)
+    return status
+
+
+def cmd_cameras(args: argparse.Namespace) -> int:
+    from capture import list_cameras
+
+    cameras = list_cameras()
+    if not cameras:
+        print("no cameras found (OpenCV could not open any /dev/video* device or index 0..7)")
+        return EXIT_NO_CAMERA
+    for camera in cameras:
+        print(camera)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,0 +1,172 @@
+"""Terminal output: live phase progress (rich in a terminal, plain lines in pipes and CI) and the result table."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vitalcam.session import Event, Outcome, Phase
+
+# (key in the spec's vitals object, label, unit)
+VITALS = (
+    ("heart_rate", "Heart rate", "bpm"),
+    ("respiratory_rate", "Respiratory rate", "breaths/min"),
+    ("hrv", "HRV (SDNN)", "ms"),
+    ("spo2", "SpO2", "%"),
+    ("systolic_bp", "Systolic BP", "mmHg"),
+    ("diastolic_bp", "Diastolic BP", "mmHg"),
+)
+# Below this per-vital confidence a "measured" vital is shown as unreliable rather than as a reading.
+RELIABLE_CONFIDENCE = 0.3
+
+
+class PlainLog:
+    """One line per phase change and per 10 % of progress: readable in CI logs and pipes."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self._last: tuple[Phase, int] | None = None
+        self._last_hints: tuple[str, ...] = ()
+
+    def __call__(self, event: Event) -> None:
+        step = int((event.percent or 0) // 10)
+        key = (event.phase, step)
+        if key != self._last or (event.hints and event.hints != self._last_hints):
+            parts = [f"[{event.phase.value}]"]
+            if event.percent is not None:
+                parts.append(f"{event.percent:5.1f}%")
+            if event.bytes_total:
+                parts.append(f"{event.bytes_sent or 0}/{event.bytes_total} bytes")
+            if event.pulse_bpm:
+                parts.append(f"pulse ~{event.pulse_bpm:.0f} bpm (preview)")
+            if event.message:
+                parts.append(event.message)
+            if event.hints:
+                parts.append("hints: " + "; ".join(event.hints))
+            print(" ".join(parts), file=self.stream, flush=True)
+        self._last, self._last_hints = key, event.hints
+
+    def close(self) -> None:
+        pass
+
+
+class RichProgress:
+    """Progress bars per phase with live hints, for an interactive terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[Phase, TaskID] = {}
+        self.progress.start()
+
+    def __call__(self, event: Event) -> None:
+        if event.phase in (Phase.INITIALIZING, Phase.DONE):
+            if event.phase is Phase.INITIALIZING:
+                self.progress.console.print(f"[dim]{event.message}[/dim]")
+            return
+        if event.phase not in self.tasks:
+            for task in self.tasks.values():
+                self.progress.update(task, completed=100)
+            self.tasks[event.phase] = self.progress.add_task(event.phase.value.title(), total=100, detail="")
+        detail = "; ".join(event.hints) or event.message
+        if event.pulse_bpm:
+            detail = f"pulse ~{event.pulse_bpm:.0f} bpm  {detail}"
+        if event.bytes_total:
+            detail = f"{event.bytes_sent or 0:,}/{event.bytes_total:,} bytes"
+        self.progress.update(self.tasks[event.phase], completed=event.percent or 0, detail=detail)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def progress_printer(console: Console) -> PlainLog | RichProgress:
+    return RichProgress(console) if console.is_terminal else PlainLog(console.file)
+
+
+def vital_rows(result: Any) -> list[dict[str, Any]]:
+    """The result as rows: value, unit, per-vital confidence, and what kind of number it is."""
+    quality = result.quality or {}
+    confidences = quality.get("confidence") or {}
+    sources = quality.get("source") or {}
+    rows = []
+    for key, label, unit in VITALS:
+        value = getattr(result.vitals, key, None) if result.vitals is not None else None
+        confidence = confidences.get(key, 0.0 if result.is_fallback else None)
+        source = sources.get(key, "measured")
+        if result.is_fallback:
+            kind = "fallback (not a measurement)"
+        elif source == "prior":
+            kind = "prior (not measured by the camera)"
+        elif confidence is not None and confidence < RELIABLE_CONFIDENCE:
+            kind = "unreliable (signal too weak)"
+        else:
+            kind = "measured"
+        rows.append(
+            {"key": key, "label": label, "value": value, "unit": unit, "confidence": confidence, "kind": kind}
+        )
+    return rows
+
+
+def privacy_summary(outcome: Outcome) -> str:
+    m = outcome.measurement
+    parts = [
+        f"{m.n_frames} frames x {m.n_regions} skin regions ({', '.join(m.meta.regions)}) of mean RGB",
+        "face box per frame",
+    ]
+    parts.append(
+        f"{m.n_frames} face patches of 72x72 px" if m.patches is not None else "no face patches (traces-only)"
+    )
+    return (
+        f"Uploaded {outcome.payload_bytes:,} bytes: "
+        + "; ".join(parts)
+        + ". No raw video frames left this device."
+    )
+
+
+def print_result(console: Console, outcome: Outcome) -> None:
+    result = outcome.result
+    table = Table(title=f"vitalcam result (session {result.session_id})")
+    for column in ("Vital", "Value", "Unit", "Confidence", "Kind"):
+        table.add_column(column, justify="right" if column in ("Value", "Confidence") else "left")
+    for row in vital_rows(result):
+        value = "-" if row["value"] is None else f"{row['value']:g}"
+        confidence = "-" if row["confidence"] is None else f"{row['confidence']:.2f}"
+        style = "green" if row["kind"] == "measured" else ("red" if "fallback" in row["kind"] else "yellow")
+        table.add_row(row["label"], value, row["unit"], confidence, f"[{style}]{row['kind']}[/{style}]")
+    console.print(table)
+    vitals = result.vitals
+    overall = vitals.confidence if vitals is not None else 0.0
+    if result.is_fallback:
+        quality = result.quality or {}
+        reason = quality.get("reason") or "unknown"
+        console.print(
+            f"[bold red]NOT A MEASUREMENT:[/bold red] the server returned fallback values (confidence 0.0), "
+            f"reason {reason}: {quality.get('message', '')}"
+        )
+    else:
+        console.print(f"Overall confidence {overall:.2f} (the heart-rate confidence).")
+    console.print(privacy_summary(outcome))
+    if outcome.dropped_frames:
+        console.print(
+            f"[yellow]{outcome.dropped_frames} frames were dropped because processing fell behind.[/yellow]"
+        )
+    if result.processing_time_ms is not None:
+        console.print(f"Server processing time {result.processing_time_ms:.0f} ms.")
+    where = "embedded reference backend" if outcome.embedded else outcome.api_url
+    console.print(f"[dim]Backend: {where}[/dim]")
+
+
+def elapsed(since: float) -> str:
+    return f"{time.monotonic() - since:.1f} s"

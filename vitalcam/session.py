@@ -1,0 +1,298 @@
+"""One measurement end to end: capture → preprocess → transport, reported as a stream of phase events.
+
+The phases follow the commercial SDKs (INITIALIZING → READINESS → CAPTURING → UPLOADING → PROCESSING →
+DONE) so that a terminal, a preview window and a Python caller can all follow the same measurement. The
+generator is the single code path; the callback form is a thin loop over it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from preprocess.tensor import Measurement
+
+
+class Phase(StrEnum):
+    INITIALIZING = "INITIALIZING"
+    READINESS = "READINESS"
+    CAPTURING = "CAPTURING"
+    UPLOADING = "UPLOADING"
+    PROCESSING = "PROCESSING"
+    DONE = "DONE"
+
+
+class Cancelled(Exception):
+    """The person stopped the measurement (q/Esc in the preview, or Ctrl-C)."""
+
+
+class NotReady(Exception):
+    """No usable face appeared within the readiness timeout; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureOptions:
+    """What to measure and where to send it; defaults give a 30 s camera measurement on the embedded backend."""
+
+    source: int | str | Path = 0
+    replay: bool = False  # True: `source` is a recorded video replayed as fast as it decodes
+    duration_s: float | None = 30.0
+    demographics: dict[str, Any] | None = None
+    api_url: str | None = None
+    api_key: str | None = None
+    payload: Literal["full", "traces"] = "full"
+    regions: Literal["face", "full-frame"] = "face"
+    preview: bool = True
+    readiness_timeout_s: float = 20.0
+    readiness_hold_s: float = 1.0
+    outbox_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QualityTimeline:
+    """Per-frame quality, kept for the report's timeline."""
+
+    t_s: np.ndarray
+    face_present: np.ndarray
+    brightness: np.ndarray
+    face_speed: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Everything a measurement produced; `result` is the transport Result."""
+
+    result: Any
+    measurement: Measurement
+    payload_bytes: int
+    timeline: QualityTimeline
+    api_url: str
+    embedded: bool
+    dropped_frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    phase: Phase
+    percent: float | None = None
+    message: str = ""
+    hints: tuple[str, ...] = ()
+    pulse_bpm: float | None = None
+    bytes_sent: int | None = None
+    bytes_total: int | None = None
+    outcome: Outcome | None = None
+
+
+EventCallback = Callable[[Event], None]
+
+
+def measure(options: MeasureOptions, on_event: EventCallback | None = None) -> Outcome:
+    """Run a measurement, calling `on_event` for every phase event; returns the outcome or raises."""
+    outcome: Outcome | None = None
+    for event in iter_measurement(options):
+        if on_event is not None:
+            on_event(event)
+        outcome = event.outcome or outcome
+    assert outcome is not None  # iter_measurement always ends with DONE carrying the outcome
+    return outcome
+
+
+def iter_measurement(options: MeasureOptions) -> Iterator[Event]:
+    """Yield phase events; the last one is DONE with the outcome. Errors propagate as typed exceptions."""
+    from capture import open_source
+    from capture.preview import open_preview
+
+    yield Event(Phase.INITIALIZING, message="opening the source and warming up")
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(_open(open_source, options))
+        preview = open_preview("vitalcam") if options.preview else None
+        if preview is not None:
+            stack.callback(preview.close)
+        frames = iter(source)
+        if not options.replay:
+            yield from _readiness(frames, options, preview)
+        measurement, timeline = yield from _capture(frames, source, options, preview)
+        dropped = int(getattr(source, "dropped", 0))
+    yield from _send(measurement, timeline, options, dropped)
+
+
+def _open(open_source: Callable[..., Any], options: MeasureOptions) -> Any:
+    if options.replay:
+        return open_source(options.source, duration_s=options.duration_s)
+    return open_source(options.source)
+
+
+def _preprocessor(options: MeasureOptions, source_kind: str) -> Any:
+    from preprocess import PreprocessConfig, Preprocessor
+
+    config = PreprocessConfig(
+        regions=options.regions,
+        include_patches=options.payload == "full",
+        source="video" if source_kind == "video" else "camera",
+    )
+    return Preprocessor(config)
+
+
+def _readiness(frames: Iterator[Any], options: MeasureOptions, preview: Any) -> Iterator[Event]:
+    """Wait until the face is found in usable conditions for `readiness_hold_s`, telling the person what to fix."""
+    checker = _preprocessor(options, "camera")
+    started = time.monotonic()
+    ready_since: float | None = None
+    hints: tuple[str, ...] = ()
+    for frame in frames:
+        features = checker.push(frame)
+        hints = tuple(w.message for w in features.warnings)
+        _show(preview, frame, features, hints, None, Phase.READINESS)
+        now = time.monotonic()
+        usable = options.regions == "full-frame" or (features.face_box_px is not None and not hints)
+        ready_since = (ready_since or now) if usable else None
+        held_s = now - ready_since if ready_since is not None else 0.0
+        yield Event(Phase.READINESS, min(100.0, 100.0 * held_s / options.readiness_hold_s), hints=hints)
+        if held_s >= options.readiness_hold_s:
+            return
+        if now - started > options.readiness_timeout_s:
+            raise NotReady(
+                "no usable face within "
+                f"{options.readiness_timeout_s:g} s: " + ("; ".join(hints) or "keep your face in view")
+            )
+    raise NotReady("the source ended before a usable face was found")
+
+
+def _capture(
+    frames: Iterator[Any], source: Any, options: MeasureOptions, preview: Any
+) -> Iterator[Event]:  # returns (Measurement, QualityTimeline) via StopIteration
+    pre = _preprocessor(options, source.info.kind)
+    duration_s = options.duration_s
+    t0: float | None = None
+    t_list: list[float] = []
+    face: list[bool] = []
+    brightness: list[float] = []
+    speed: list[float] = []
+    last_percent = -1.0
+    for frame in frames:
+        t0 = frame.t_s if t0 is None else t0
+        elapsed_s = frame.t_s - t0
+        if duration_s is not None and elapsed_s > duration_s:
+            break
+        features = pre.push(frame)
+        q = features.quality
+        t_list.append(elapsed_s)
+        face.append(bool(q.face_present))
+        brightness.append(float(q.brightness))
+        speed.append(float(q.face_speed))
+        hints = tuple(w.message for w in features.warnings)
+        percent = 100.0 * elapsed_s / duration_s if duration_s else None
+        _show(preview, frame, features, hints, percent, Phase.CAPTURING)
+        if percent is None or percent - last_percent >= 0.5 or hints:
+            last_percent = percent if percent is not None else last_percent
+            yield Event(Phase.CAPTURING, percent, hints=hints, pulse_bpm=features.pulse_bpm_preview)
+    measurement = pre.finish()
+    timeline = QualityTimeline(
+        t_s=np.asarray(t_list),
+        face_present=np.asarray(face),
+        brightness=np.asarray(brightness),
+        face_speed=np.asarray(speed),
+    )
+    yield Event(Phase.CAPTURING, 100.0, message=f"captured {measurement.n_frames} frames")
+    return measurement, timeline
+
+
+def _show(
+    preview: Any, frame: Any, features: Any, hints: tuple[str, ...], percent: float | None, phase: Phase
+) -> None:
+    if preview is None or not preview.enabled:
+        return
+    from capture.preview import Overlay
+
+    overlay = Overlay(
+        face_box_px=features.face_box_px,
+        polygons=list(features.polygons or []),
+        hints=list(hints),
+        progress=None if percent is None else percent / 100.0,
+        pulse=features.pulse_preview,
+        phase=phase.value,
+    )
+    if not preview.show(frame, overlay):
+        raise Cancelled("cancelled from the preview window")
+
+
+def _send(
+    measurement: Measurement, timeline: QualityTimeline, options: MeasureOptions, dropped: int
+) -> Iterator[Event]:
+    from preprocess.tensor import to_bytes
+    from transport import Demographics, Outbox, SessionClient
+
+    payload = to_bytes(measurement)
+    with contextlib.ExitStack() as stack:
+        api_url, api_key, embedded = options.api_url, options.api_key, False
+        if api_url is None:
+            from server import start_embedded
+
+            server = stack.enter_context(start_embedded())
+            api_url, api_key, embedded = server.base_url, server.api_key, True
+        if not api_key:
+            raise ValueError("an API key is required with --api-url (or VITALCAM_API_KEY)")
+        client = stack.enter_context(SessionClient(api_url, api_key))
+        demographics = Demographics(**options.demographics) if options.demographics else None
+        outbox = Outbox(options.outbox_dir)
+        events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+
+        def progress(sent: int, total: int) -> None:
+            events.put(
+                Event(Phase.UPLOADING, 100.0 * sent / max(total, 1), bytes_sent=sent, bytes_total=total)
+            )
+            if sent >= total:
+                events.put(Event(Phase.PROCESSING, message="the server is computing vitals"))
+
+        # The client blocks; run it on a worker so events stream while it works.
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["result"] = client.measure(payload, demographics, progress=progress, outbox=outbox)
+            except BaseException as exc:  # re-raised on the caller's thread below
+                box["error"] = exc
+            finally:
+                events.put(None)
+
+        yield Event(Phase.UPLOADING, 0.0, bytes_sent=0, bytes_total=len(payload))
+        worker = threading.Thread(target=work, name="vitalcam-upload", daemon=True)
+        worker.start()
+        while (event := events.get()) is not None:
+            yield event
+        worker.join()
+        if "error" in box:
+            raise box["error"]
+        outcome = Outcome(
+            result=box["result"],
+            measurement=measurement,
+            payload_bytes=len(payload),
+            timeline=timeline,
+            api_url=api_url,
+            embedded=embedded,
+            dropped_frames=dropped,
+        )
+    yield Event(Phase.DONE, 100.0, outcome=outcome)
+
+
+__all__ = [
+    "Cancelled",
+    "Event",
+    "EventCallback",
+    "MeasureOptions",
+    "NotReady",
+    "Outcome",
+    "Phase",
+    "QualityTimeline",
+    "iter_measurement",
+    "measure",
+]
