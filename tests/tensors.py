@@ -81,15 +81,25 @@ def measurement_bytes(m: Measurement) -> bytes:
     except TypeError:
         if m.patches is not None:
             raise
+    validate(m)
+    return unchecked_bytes(m)
+
+
+def unchecked_bytes(m: Measurement) -> bytes:
+    """Serialise without validating: well-formed safetensors that may break format v1's rules.
+
+    For tests of the reader's rejections (too short, bad timestamps, values out of range).
+    """
     from safetensors.numpy import save
 
-    validate(m)
     tensors = {
         "t_s": np.ascontiguousarray(m.t_s, dtype="<f8"),
         "rgb": np.ascontiguousarray(m.rgb, dtype="<f4"),
         "skin_px": np.ascontiguousarray(m.skin_px, dtype="<i4"),
         "face_box": np.ascontiguousarray(m.face_box, dtype="<f4"),
     }
+    if m.patches is not None:
+        tensors["patches"] = np.ascontiguousarray(m.patches, dtype="u1")
     metadata = {
         **m.extra_metadata,
         "format": FORMAT_NAME,
