@@ -17,7 +17,6 @@ from preprocess.tensor import (
     Measurement,
     TensorMetadata,
     to_bytes,
-    validate,
 )
 
 # Mean skin colour (R, G, B) per region and the relative pulse amplitude per channel (green carries most).
@@ -66,23 +65,7 @@ def make_measurement(
 
 def make_payload(**kwargs: object) -> bytes:
     """`make_measurement(**kwargs)` serialised with `to_bytes`, ready to PUT."""
-    return measurement_bytes(make_measurement(**kwargs))  # type: ignore[arg-type]
-
-
-def measurement_bytes(m: Measurement) -> bytes:
-    """`to_bytes(m)`, tolerating the traces-only bug of the current tensor module.
-
-    `preprocess.tensor.to_bytes` at the foundation commit passes `patches=None` to `np.ascontiguousarray`
-    and raises TypeError; until that is fixed, serialise traces-only measurements the same way here
-    (validated, same metadata, same dtypes) so tests keep exercising the real `from_bytes` on the server.
-    """
-    try:
-        return to_bytes(m)
-    except TypeError:
-        if m.patches is not None:
-            raise
-    validate(m)
-    return unchecked_bytes(m)
+    return to_bytes(make_measurement(**kwargs))  # type: ignore[arg-type]
 
 
 def unchecked_bytes(m: Measurement) -> bytes:
