@@ -1,0 +1,343 @@
+"""Typed errors: one class per error code of the sessions API, all under `VitalcamError`.
+
+Callers branch on classes (or on `.retryable`), never on message text. Every non-success response ends in
+one of these, including bodies that are not the documented `{"error", "message", "retryable"}` JSON (a proxy's
+HTML page, an empty 502, a truncated body), so no caller ever sees a KeyError or a JSONDecodeError.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+
+_SNIPPET_CHARS = 200
+
+
+class VitalcamError(Exception):
+    """Base class of every transport error.
+
+    `status` is the HTTP status (None for network errors), `code` the API error code (or a synthetic one such
+    as NETWORK_ERROR), `retryable` whether the same request may succeed later, `request_id` the server's
+    `X-Request-Id` (or the one we sent) for support tickets. `outbox_path` is set by `measure()` when the
+    payload was saved for a later `retry_outbox()`.
+    """
+
+    default_code: ClassVar[str] = "ERROR"
+    default_retryable: ClassVar[bool] = False
+    # Whether replaying the same payload later with a fresh session can succeed. False only when the server
+    # rejected the payload itself, so keeping it in an outbox would just fail again forever.
+    replayable: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retryable: bool | None = None,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code or self.default_code
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.request_id = request_id
+        self.retry_after_s = retry_after_s
+        self.body = body
+        self.outbox_path: Path | None = None
+
+    def __str__(self) -> str:
+        where = f" HTTP {self.status}" if self.status is not None else ""
+        rid = f" [request {self.request_id}]" if self.request_id else ""
+        saved = f" (measurement saved to {self.outbox_path})" if self.outbox_path else ""
+        return f"{self.code}{where}: {self.message}{rid}{saved}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code!r}, status={self.status!r}, message={self.message!r}, "
+            f"retryable={self.retryable!r}, request_id={self.request_id!r})"
+        )
+
+
+class InvalidRequest(VitalcamError):
+    """400: missing session_id, bad demographics or a tensor the server rejected (message names the field)."""
+
+    default_code = "INVALID_REQUEST"
+    replayable = False
+
+
+class PayloadTooLarge(InvalidRequest):
+    """413 on the upload: the tensor exceeds the server's size limit (64 MiB for format v1)."""
+
+    default_code = "PAYLOAD_TOO_LARGE"
+
+
+class ApiKeyInvalid(VitalcamError):
+    """401: the API key is invalid, revoked or missing. Not retried: only a new key helps."""
+
+    default_code = "API_KEY_INVALID"
+
+
+class Forbidden(VitalcamError):
+    """403: the session belongs to another developer (or the key may not use it)."""
+
+    default_code = "FORBIDDEN"
+
+
+class SessionNotFound(VitalcamError):
+    """404: no such session id."""
+
+    default_code = "SESSION_NOT_FOUND"
+
+
+class ResultNotPersisted(SessionNotFound):
+    """The session existed but its result can no longer be fetched: the server does not persist vitals.
+
+    With PERSIST_VITALS=false (the spec's default) the upload-complete response is the only copy of the
+    result; if that response was lost (timeout, dropped connection) the result is gone and the measurement
+    must be submitted again with a fresh session. `measure()` saves it to the outbox for exactly that.
+    """
+
+    default_code = "RESULT_NOT_PERSISTED"
+
+
+class RateLimitExceeded(VitalcamError):
+    """429: hourly rate limit hit; retried after `retry_after_s` (from Retry-After) within the policy."""
+
+    default_code = "RATE_LIMIT_EXCEEDED"
+    default_retryable = True
+
+
+class QuotaExceeded(VitalcamError):
+    """429: monthly scan quota used up. Not retried: it will not reset within any sensible retry window."""
+
+    default_code = "QUOTA_EXCEEDED"
+
+
+class SessionExpired(VitalcamError):
+    """The session timed out (30 min after creation) before completing; start a new session."""
+
+    default_code = "SESSION_EXPIRED"
+
+
+class UploadUrlExpired(SessionExpired):
+    """403 on the presigned upload URL: its signature expired with the session or was already used.
+
+    A subclass of SessionExpired rather than Forbidden because the remedy is the same as for an expired
+    session (start a new one and upload again), while Forbidden means an ownership problem no retry fixes.
+    """
+
+    default_code = "UPLOAD_URL_EXPIRED"
+
+
+class Conflict(VitalcamError):
+    """409: the session is changing state (e.g. another upload is in flight); retryable unless said otherwise."""
+
+    default_code = "CONFLICT"
+    default_retryable = True
+
+
+class ServerError(VitalcamError):
+    """5xx from the server or a gateway in front of it; retried, since these are usually transient."""
+
+    default_code = "SERVER_ERROR"
+    default_retryable = True
+
+
+class ResultTimeout(VitalcamError):
+    """Polling gave up: the session was still processing when `wait_result`'s timeout ran out."""
+
+    default_code = "RESULT_TIMEOUT"
+    default_retryable = True
+
+
+class UnexpectedResponse(VitalcamError):
+    """A response that is neither a documented success nor a documented error (e.g. HTML from a proxy)."""
+
+    default_code = "UNEXPECTED_RESPONSE"
+
+
+class NetworkError(VitalcamError):
+    """No usable response: connection refused or dropped, DNS failure, TLS error or a timeout.
+
+    `maybe_processed` is True when the whole request had been sent before the failure (a read timeout, a
+    connection dropped while waiting for the answer): the server may have acted on it, so a non-idempotent
+    step should be confirmed (e.g. by polling) rather than blindly repeated.
+    """
+
+    default_code = "NETWORK_ERROR"
+    default_retryable = True
+
+    def __init__(self, message: str, *, maybe_processed: bool = False, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.maybe_processed = maybe_processed
+
+
+ERROR_CLASSES: dict[str, type[VitalcamError]] = {
+    "INVALID_REQUEST": InvalidRequest,
+    "PAYLOAD_TOO_LARGE": PayloadTooLarge,
+    "API_KEY_INVALID": ApiKeyInvalid,
+    "FORBIDDEN": Forbidden,
+    "SESSION_NOT_FOUND": SessionNotFound,
+    "RATE_LIMIT_EXCEEDED": RateLimitExceeded,
+    "QUOTA_EXCEEDED": QuotaExceeded,
+    "SESSION_EXPIRED": SessionExpired,
+}
+
+# Used when the body carries no (known) code: the status alone still picks a sensible class.
+_STATUS_CLASSES: dict[int, type[VitalcamError]] = {
+    400: InvalidRequest,
+    401: ApiKeyInvalid,
+    403: Forbidden,
+    410: SessionExpired,
+    413: PayloadTooLarge,
+    422: InvalidRequest,
+    429: RateLimitExceeded,
+}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None when absent or invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _body_snippet(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except Exception:  # undecodable body: the status line is all we can show
+        return "<undecodable body>"
+    text = " ".join(text.split())
+    if not text:
+        return "<empty body>"
+    return text[:_SNIPPET_CHARS] + ("…" if len(text) > _SNIPPET_CHARS else "")
+
+
+def request_id_of(response: httpx.Response) -> str | None:
+    """The server's request id, falling back to the one we sent so lost responses can still be traced."""
+    return response.headers.get("x-request-id") or response.request.headers.get("x-request-id")
+
+
+def error_from_response(response: httpx.Response, *, upload: bool = False) -> VitalcamError:
+    """Build the typed error for a non-2xx response, whatever its body looks like.
+
+    `upload=True` marks a response from the presigned upload URL, whose 403 means "signature expired or
+    already used" rather than an ownership problem.
+    """
+    status = response.status_code
+    request_id = request_id_of(response)
+    retry_after_s = parse_retry_after(response.headers.get("retry-after"))
+    body: Any = None
+    try:
+        body = json.loads(response.content) if response.content else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    code = body.get("error") if isinstance(body, dict) else None
+    code = code if isinstance(code, str) and code else None
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, str) or not message:
+        reason = response.reason_phrase or "error"
+        message = f"{reason} from {response.request.method} {response.request.url.copy_with(query=None)}"
+        if code is None:
+            message += f" (not the documented JSON error body: {_body_snippet(response)})"
+    body_retryable = body.get("retryable") if isinstance(body, dict) else None
+
+    cls: type[VitalcamError]
+    retryable: bool | None = None
+    if upload and status == 403:
+        cls = UploadUrlExpired
+        message = f"{message}. The upload URL has expired or was already used: start a new session."
+    elif upload and status == 413:
+        cls = PayloadTooLarge
+    elif code in ERROR_CLASSES:
+        cls = ERROR_CLASSES[code]
+    elif status >= 500 or status == 409:
+        cls = ServerError if status >= 500 else Conflict
+        # A server may say a 5xx is permanent (e.g. misconfiguration); otherwise 5xx is transient.
+        retryable = body_retryable if isinstance(body_retryable, bool) else None
+    elif status in _STATUS_CLASSES:
+        cls = _STATUS_CLASSES[status]
+    else:
+        cls = UnexpectedResponse
+        retryable = body_retryable if isinstance(body_retryable, bool) else None
+    # Known codes keep the client's retry classification: a server claiming a 401 is retryable must not
+    # turn a bad key into a retry storm.
+    return cls(
+        message,
+        status=status,
+        code=code or cls.default_code,
+        retryable=retryable,
+        request_id=request_id,
+        retry_after_s=retry_after_s,
+        body=body,
+    )
+
+
+def error_from_transport(exc: httpx.TransportError, request: httpx.Request | None = None) -> NetworkError:
+    """Wrap an httpx transport failure, recording whether the server may already have acted on the request."""
+    maybe_processed = isinstance(exc, httpx.ReadTimeout | httpx.ReadError | httpx.RemoteProtocolError)
+    try:
+        req = request or exc.request
+    except RuntimeError:  # httpx raises when the exception was created without a request
+        req = None
+    where = f" during {req.method} {req.url.copy_with(query=None)}" if req is not None else ""
+    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
+    detail = str(exc) or type(exc).__name__
+    return NetworkError(
+        f"network request {kind}{where}: {detail}",
+        maybe_processed=maybe_processed,
+        request_id=req.headers.get("x-request-id") if req is not None else None,
+    )
+
+
+def unexpected_body(response: httpx.Response, what: str) -> UnexpectedResponse:
+    """A 2xx whose body is not the documented JSON: a clear error instead of a KeyError later."""
+    return UnexpectedResponse(
+        f"{what}: HTTP {response.status_code} from {response.request.method} "
+        f"{response.request.url.copy_with(query=None)} is not the documented JSON ({_body_snippet(response)})",
+        status=response.status_code,
+        request_id=request_id_of(response),
+    )
+
+
+__all__ = [
+    "ERROR_CLASSES",
+    "ApiKeyInvalid",
+    "Conflict",
+    "Forbidden",
+    "InvalidRequest",
+    "NetworkError",
+    "PayloadTooLarge",
+    "QuotaExceeded",
+    "RateLimitExceeded",
+    "ResultNotPersisted",
+    "ResultTimeout",
+    "ServerError",
+    "SessionExpired",
+    "SessionNotFound",
+    "UnexpectedResponse",
+    "UploadUrlExpired",
+    "VitalcamError",
+    "error_from_response",
+    "error_from_transport",
+    "parse_retry_after",
+    "unexpected_body",
+]
