@@ -1,0 +1,106 @@
+"""Per-frame quality state, transient warnings for the user, and the end-of-measurement verdict.
+
+Warnings are what the live preview shows ("more light", "hold still"); they never stop a measurement.
+Only `finish()` decides, from the whole recording, whether there is enough usable data to send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+LOW_LIGHT: Final = "LOW_LIGHT"
+OVEREXPOSED: Final = "OVEREXPOSED"
+MOTION: Final = "MOTION"
+FACE_NOT_FOUND: Final = "FACE_NOT_FOUND"
+FACE_TOO_SMALL: Final = "FACE_TOO_SMALL"
+FACE_OFF_CENTER: Final = "FACE_OFF_CENTER"
+FRAME_RATE_UNSTABLE: Final = "FRAME_RATE_UNSTABLE"
+
+MESSAGES: Final = {
+    LOW_LIGHT: "The face is too dark: add light in front of you.",
+    OVEREXPOSED: "Part of the face is overexposed: reduce direct light or turn away from it.",
+    MOTION: "Too much movement: hold your head still.",
+    FACE_NOT_FOUND: "No face found: look into the camera.",
+    FACE_TOO_SMALL: "The face is too small: move closer to the camera.",
+    FACE_OFF_CENTER: "The face is off centre: centre it in the frame.",
+    FRAME_RATE_UNSTABLE: "The frame rate is unstable: close other apps using the camera or CPU.",
+}
+
+# Reasons `QualityTooLow` carries.
+NO_FRAMES: Final = "NO_FRAMES"
+NO_FACE: Final = "NO_FACE"
+TOO_SHORT: Final = "TOO_SHORT"
+
+
+@dataclass(frozen=True, slots=True)
+class QualityThresholds:
+    """When a warning fires. Defaults are set for typical webcams at 30 fps."""
+
+    low_light_luma: float = 50.0  # mean face luma (0..255) below which the pulse drowns in noise
+    overexposed_share: float = 0.05  # share of face pixels clipped (>= 250)
+    motion_face_widths_per_s: float = 0.5  # smoothed face speed
+    min_face_area_share: float = 0.02  # face box area / frame area
+    max_center_offset_share: float = 0.35  # |centre - frame centre| / frame side, either axis
+    max_interval_jitter: float = 0.25  # std / mean of recent frame intervals
+
+
+@dataclass(frozen=True, slots=True)
+class QualityState:
+    """What we know about one frame's usability; units in the names."""
+
+    brightness_luma: float  # mean Y (0..255) of the face region, or of the whole frame without a face
+    clipped_share: float  # share of those pixels with a channel >= 250
+    face_present: bool
+    face_area_share: float  # face box area / frame area (0 without a face)
+    face_speed_widths_per_s: float  # smoothed face centre speed in face widths per second
+    interval_jitter: float  # std / mean of the recent frame intervals (0 until enough frames)
+
+
+@dataclass(frozen=True, slots=True)
+class QualityWarning:
+    """A transient condition worth telling the user about on this frame."""
+
+    code: str
+    message: str
+
+
+class QualityTooLow(Exception):
+    """Not enough usable data for a measurement; `reason` is a short code, str() explains it."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def frame_warnings(
+    state: QualityState,
+    center_offset_share: tuple[float, float] | None,
+    thresholds: QualityThresholds,
+    *,
+    face_mode: bool,
+    jitter_known: bool,
+) -> list[QualityWarning]:
+    """The warnings this frame's quality state deserves."""
+    codes: list[str] = []
+    if state.brightness_luma < thresholds.low_light_luma:
+        codes.append(LOW_LIGHT)
+    if state.clipped_share > thresholds.overexposed_share:
+        codes.append(OVEREXPOSED)
+    if face_mode:
+        if not state.face_present:
+            codes.append(FACE_NOT_FOUND)
+        else:
+            if state.face_speed_widths_per_s > thresholds.motion_face_widths_per_s:
+                codes.append(MOTION)
+            if state.face_area_share < thresholds.min_face_area_share:
+                codes.append(FACE_TOO_SMALL)
+            if (
+                center_offset_share is not None
+                and max(abs(center_offset_share[0]), abs(center_offset_share[1]))
+                > thresholds.max_center_offset_share
+            ):
+                codes.append(FACE_OFF_CENTER)
+    if jitter_known and state.interval_jitter > thresholds.max_interval_jitter:
+        codes.append(FRAME_RATE_UNSTABLE)
+    return [QualityWarning(code, MESSAGES[code]) for code in codes]

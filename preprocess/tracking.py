@@ -1,0 +1,90 @@
+"""Carrying the face between landmark runs: sparse Lucas-Kanade flow on a few stable landmarks.
+
+Landmarks cost several ms; between them we only need how far the face moved. Tracking about twenty
+rigid-ish points (nose, eye corners, forehead, chin) on a small grey copy of the face area costs a small
+fraction of that, and its failure (points lost, or spread out) is the signal to re-run landmarks at once.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import cv2
+import numpy as np
+
+# Points that move with the head rather than with expressions: forehead centre and sides, nose bridge
+# and tip, inner and outer eye corners, cheekbones, chin.
+TRACK_POINTS: Final = (10, 151, 9, 8, 6, 197, 195, 5, 4, 1, 33, 133, 362, 263, 116, 345, 152, 234, 454, 199)
+# Grey tracking image width: enough texture for LK, small enough to be nearly free at 1080p.
+TRACK_WIDTH_PX: Final = 128
+_LK_PARAMS: Final = {
+    "winSize": (15, 15),
+    "maxLevel": 2,
+    "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 0.03),
+}
+
+
+class FaceTracker:
+    """Translation of the face since the last landmark run, from frame-to-frame LK flow.
+
+    The tracked area is the face box plus a margin, fixed at the landmark run, so consecutive frames are
+    cropped identically and the flow is directly in (scaled) frame coordinates.
+    """
+
+    def __init__(self) -> None:
+        self._rect: tuple[int, int, int, int] | None = None
+        self._scale = 1.0
+        self._prev: np.ndarray | None = None
+        self._start_pts: np.ndarray | None = None
+        self._pts: np.ndarray | None = None
+        self._alive: np.ndarray | None = None
+
+    def start(self, image_bgr: np.ndarray, landmarks: np.ndarray, box_px: tuple[float, ...]) -> None:
+        """Begin tracking from a landmark run on this frame."""
+        height, width = image_bgr.shape[:2]
+        x, y, w, h = box_px
+        margin_x, margin_y = 0.3 * w, 0.3 * h
+        x0, y0 = max(0, int(x - margin_x)), max(0, int(y - margin_y))
+        x1, y1 = min(width, int(x + w + margin_x) + 1), min(height, int(y + h + margin_y) + 1)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            self._rect = None
+            return
+        self._rect = (x0, y0, x1, y1)
+        self._scale = min(1.0, TRACK_WIDTH_PX / (x1 - x0))
+        self._prev = self._grey(image_bgr)
+        pts = (landmarks[list(TRACK_POINTS)] - np.array([x0, y0], np.float32)) * self._scale
+        self._start_pts = pts.astype(np.float32).reshape(-1, 1, 2)
+        self._pts = self._start_pts.copy()
+        self._alive = np.ones(len(TRACK_POINTS), bool)
+
+    def _grey(self, image_bgr: np.ndarray) -> np.ndarray:
+        assert self._rect is not None
+        x0, y0, x1, y1 = self._rect
+        crop = image_bgr[y0:y1, x0:x1]
+        if self._scale < 1.0:
+            size = (max(8, round((x1 - x0) * self._scale)), max(8, round((y1 - y0) * self._scale)))
+            crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+
+    def update(self, image_bgr: np.ndarray) -> tuple[float, float] | None:
+        """Face shift in frame pixels since `start`, or None when the track is lost."""
+        if self._rect is None or self._prev is None or self._pts is None:
+            return None
+        assert self._start_pts is not None and self._alive is not None
+        grey = self._grey(image_bgr)
+        pts, status, _err = cv2.calcOpticalFlowPyrLK(self._prev, grey, self._pts, None, **_LK_PARAMS)
+        self._prev = grey
+        self._alive &= status.reshape(-1) == 1
+        if self._alive.sum() < len(TRACK_POINTS) // 2:
+            self._rect = None
+            return None
+        self._pts = pts
+        moved = (pts - self._start_pts).reshape(-1, 2)[self._alive]
+        shift = np.median(moved, axis=0)
+        # Points disagreeing a lot means rotation, scaling or expression: the translation model no
+        # longer holds, so ask for landmarks.
+        spread = float(np.median(np.abs(moved - shift)))
+        if spread > 2.0:
+            self._rect = None
+            return None
+        return float(shift[0] / self._scale), float(shift[1] / self._scale)
