@@ -74,7 +74,7 @@ class AsyncSessionClient:
         self.api_key = api_key
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
-        self.processing_timeout_s = max(processing_timeout_s, timeout_s)
+        self.processing_timeout_s = processing_timeout_s
         self.poll_interval_s = poll_interval_s
         self.poll_timeout_s = poll_timeout_s
         self._http = httpx.AsyncClient(
