@@ -1,40 +1,18 @@
 """rPPG inference: vitals from a vitalcam tensor (numpy and scipy only).
 
-Contract with the server (the engine itself lands with the inference issue):
-`infer(measurement, demographics) -> InferenceResult`, raising `InferenceFailed(reason, message)` when the
-data cannot support a measurement; the server then answers with fallback vitals and confidence 0.0.
+Contract with the server: `infer(measurement, demographics) -> InferenceResult`, raising
+`InferenceFailed(reason, message)` when the data cannot support a measurement; the server then answers
+with fallback vitals and confidence 0.0. `analyze(measurement) -> Analysis` exposes the arrays behind the
+numbers (pulse waveform, spectrum, HR track, breathing, beats) for reports; `infer` is built on it.
+
+Modules: conditioning (uniform grid, gaps, coverage), pulse (POS/CHROM, fused spectrum, HR track),
+hrv (beats, SDNN, RMSSD), respiration (four respiratory sources, fused), priors (SpO2, blood pressure),
+confidence (per-vital confidence), engine (the pipeline). docs/vitals.md describes methods and limits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from server.inference.engine import Analysis, InferenceResult, analyze, infer
+from server.inference.errors import FailureReason, InferenceFailed
 
-from preprocess.tensor import Measurement
-
-FailureReason = Literal["NO_FACE", "TOO_SHORT", "LOW_COVERAGE", "INVALID_TIMESTAMPS", "INTERNAL"]
-
-
-class InferenceFailed(Exception):
-    """The tensor cannot support a measurement; `reason` is one of FailureReason."""
-
-    def __init__(self, reason: FailureReason, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceResult:
-    """`vitals` uses the spec's keys and units; `quality` is the JSON-ready detail behind them."""
-
-    vitals: dict[str, float]
-    quality: dict[str, Any] = field(default_factory=dict)
-
-
-def infer(measurement: Measurement, demographics: Mapping[str, Any] | None = None) -> InferenceResult:
-    raise InferenceFailed("INTERNAL", "the inference engine is not installed yet")
-
-
-__all__ = ["FailureReason", "InferenceFailed", "InferenceResult", "infer"]
+__all__ = ["Analysis", "FailureReason", "InferenceFailed", "InferenceResult", "analyze", "infer"]
