@@ -53,13 +53,31 @@ def frame_to_bgr(frame: av.VideoFrame) -> np.ndarray:
         and frame.colorspace in _COLORSPACES_BT601
         and frame.color_range != _RANGE_JPEG
     ):
-        image = cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
+        image = cv2.cvtColor(_i420_buffer(frame), cv2.COLOR_YUV2BGR_I420)
     else:
         image = frame.to_ndarray(format="bgr24", threads=0)
     quarter_turns = round(frame.rotation / 90) % 4  # counter-clockwise, as the display matrix states
     if quarter_turns:
         image = np.ascontiguousarray(np.rot90(image, quarter_turns))
     return image
+
+
+def _i420_buffer(frame: av.VideoFrame) -> np.ndarray:
+    """The three planes of a yuv420p frame packed into one I420 array with a single copy.
+
+    Planes carry row padding (line_size > width); VideoFrame.to_ndarray() strips it with extra copies
+    that cost more than the colour conversion itself at 480p.
+    """
+    width, height = frame.width, frame.height
+    packed = np.empty(width * height * 3 // 2, np.uint8)
+    offset = 0
+    for plane, (plane_w, plane_h) in zip(
+        frame.planes, ((width, height), (width // 2, height // 2), (width // 2, height // 2)), strict=True
+    ):
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:plane_h, :plane_w]
+        packed[offset : offset + plane_w * plane_h].reshape(plane_h, plane_w)[:] = rows
+        offset += plane_w * plane_h
+    return packed.reshape(height * 3 // 2, width)
 
 
 class VideoFileSource:
@@ -158,6 +176,7 @@ class VideoFileSource:
         """Decode the segment in video time; raise VideoFileError after the last good frame on damage."""
         stream = container.streams.video[0]
         time_base = stream.time_base or Fraction(1, 90000)
+        time_base_s = float(time_base)
         origin_pts = stream.start_time
         end_s = None if self.duration_s is None else self.start_s + self.duration_s
         if self.start_s > 0:
@@ -177,7 +196,7 @@ class VideoFileSource:
             else:
                 if origin_pts is None:
                     origin_pts = frame.pts
-                t_s = float((frame.pts - origin_pts) * time_base)
+                t_s = (frame.pts - origin_pts) * time_base_s
             last_t_s = t_s
             if t_s < self.start_s - _EPS_S:
                 return None

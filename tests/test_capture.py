@@ -30,6 +30,7 @@ from capture import (
 from capture.camera import backend_timestamp_trustworthy
 from capture.preview import PROGRESS_BGR, Overlay, draw_overlay, open_preview
 from capture.source import classify_spec
+from capture.video import frame_to_bgr
 
 
 def marker_image(index: int, width: int, height: int) -> np.ndarray:
@@ -527,3 +528,14 @@ def test_preview_falls_back_when_window_creation_fails(monkeypatch: pytest.Monke
     preview = open_preview("test", enabled=True)
     assert preview.enabled is False
     assert preview.show(np.zeros((10, 10, 3), np.uint8)) is True
+
+
+def test_fast_yuv420_conversion_matches_pyav_planes_with_row_padding(tmp_path: Path) -> None:
+    """The single-copy I420 packing must read padded plane rows exactly like PyAV's own to_ndarray."""
+    path = tmp_path / "padded.mp4"
+    write_video(path, n_frames=2, width=102, height=70, image_fn=noise_image)
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        assert frame.planes[0].line_size > frame.width  # the case under test: rows carry padding
+        expected = cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
+        assert np.array_equal(frame_to_bgr(frame), expected)
