@@ -270,7 +270,7 @@ def _add_routes(app: FastAPI) -> None:
         response_model=SessionResultResponse,
         tags=["sessions"],
         summary="Poll a session's status and (with PERSIST_VITALS=true) its result",
-        responses={200: {"headers": _LIMIT_HEADERS}, **_error_responses(401, 403, 404, 429)},
+        responses={200: {"headers": _LIMIT_HEADERS}, **_error_responses(400, 401, 403, 404, 429)},
     )(session_result)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 VITAL_KEYS: tuple[str, ...] = (
@@ -25,14 +25,28 @@ VITAL_KEYS: tuple[str, ...] = (
 SessionStatus = Literal["created", "uploading", "processing", "completed", "failed", "expired"]
 
 
+def _whole_number(value: object) -> object:
+    """JSON integers: 35 and 35.0 (JSON Schema counts both as integers), never "35", true or 35.5."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number")
+    return value
+
+
 class Demographics(BaseModel):
     """Optional context that improves inference (each field optional)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    age: Annotated[StrictInt, Field(ge=1, le=120, description="Age in years")] | None = None
+    age: (
+        Annotated[int, Field(ge=1, le=120, description="Age in years"), BeforeValidator(_whole_number)] | None
+    ) = None
     sex: Literal["M", "F", "X"] | None = None
-    fitzpatrick: Annotated[StrictInt, Field(ge=1, le=6, description="Fitzpatrick skin type")] | None = None
+    fitzpatrick: (
+        Annotated[int, Field(ge=1, le=6, description="Fitzpatrick skin type"), BeforeValidator(_whole_number)]
+        | None
+    ) = None
 
 
 class SessionStartRequest(BaseModel):

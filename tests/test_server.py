@@ -273,7 +273,10 @@ def test_start_returns_the_spec_shape_and_headers(api: Api, server: Any) -> None
     assert int(again.headers["X-RateLimit-Remaining"]) == int(headers["X-RateLimit-Remaining"]) - 1
 
 
-@pytest.mark.parametrize("body", [None, {}, {"demographics": None}, {"demographics": {"sex": "X"}}])
+@pytest.mark.parametrize(
+    "body",
+    [None, {}, {"demographics": None}, {"demographics": {"sex": "X"}}, {"demographics": {"age": 35.0}}],
+)
 def test_start_body_and_demographics_are_optional(api: Api, body: Any) -> None:
     assert api.start(body).status_code == 200
 
@@ -285,6 +288,7 @@ def test_start_body_and_demographics_are_optional(api: Api, body: Any) -> None:
         ({"demographics": {"age": 121}}, "demographics.age"),
         ({"demographics": {"age": "35"}}, "demographics.age"),
         ({"demographics": {"age": 35.5}}, "demographics.age"),
+        ({"demographics": {"age": True}}, "demographics.age"),
         ({"demographics": {"sex": "male"}}, "demographics.sex"),
         ({"demographics": {"fitzpatrick": 7}}, "demographics.fitzpatrick"),
         ({"demographics": {"height": 180}}, "demographics.height"),
