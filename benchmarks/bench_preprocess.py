@@ -1,0 +1,188 @@
+"""Preprocess throughput: per-stage ms per frame and end-to-end replay fps at 480p, 720p and 1080p.
+
+Run: `python -m benchmarks.bench_preprocess [--duration-s 8] [--resolutions 480p,720p,1080p]`.
+Two references are measured in the same run on the same synthetic face video:
+  (a) the decode-only ceiling, a bare `cv2.VideoCapture.read()` loop;
+  (b) a straightforward implementation: decode, FaceMesh on every full-resolution frame, region masks
+      rasterised every frame and numpy boolean-mask means, a plain 72x72 resize.
+Numbers are wall-clock on whatever else the machine is doing; compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+RESOLUTIONS = {"480p": (640, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
+
+
+def render(cache_dir: Path, name: str, size: tuple[int, int], duration_s: float) -> Path:
+    from capture.synthetic import render_face_video
+
+    path = cache_dir / f"bench_{name}_{duration_s:g}s.mp4"
+    if not path.exists():
+        render_face_video(path, duration_s=duration_s, width=size[0], height=size[1])
+    return path
+
+
+def cv2_decode_fps(path: Path) -> tuple[float, int]:
+    """Reference (a): the bare OpenCV read loop (decode + BGR conversion, nothing else)."""
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    start = time.perf_counter()
+    while True:
+        ok, _ = cap.read()
+        if not ok:
+            break
+        n += 1
+    elapsed = time.perf_counter() - start
+    cap.release()
+    return n / elapsed, n
+
+
+def frames(path: Path) -> Iterator:
+    """Replay through the capture package's video source (what `vitalcam measure --video` uses)."""
+    from capture import open_source
+
+    source = open_source(str(path))
+    try:
+        yield from source
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def decode_ms(path: Path) -> float:
+    """Decode stage on its own: iterate the capture source, do nothing with the frames."""
+    n = 0
+    start = time.perf_counter()
+    for _ in frames(path):
+        n += 1
+    return (time.perf_counter() - start) / n * 1000
+
+
+def straightforward_fps(path: Path, max_frames: int) -> float:
+    """Reference (b): landmarks every frame at full resolution, boolean-mask means per region."""
+    import mediapipe as mp
+
+    from preprocess import regions
+    from preprocess.extract import CB_MAX, CB_MIN, CLIP_LEVEL, CR_MAX, CR_MIN, DARK_LUMA
+
+    mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False)
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    start = time.perf_counter()
+    while n < max_frames:
+        ok, image = cap.read()
+        if not ok:
+            break
+        n += 1
+        height, width = image.shape[:2]
+        result = mesh.process(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        if not result.multi_face_landmarks:
+            continue
+        lm = result.multi_face_landmarks[0].landmark
+        points = np.array([(p.x * width, p.y * height) for p in lm[:468]], np.float32)
+        ycrcb = cv2.cvtColor(image, cv2.COLOR_BGR2YCrCb)
+        skin = (
+            (ycrcb[..., 0] >= DARK_LUMA)
+            & (ycrcb[..., 1] >= CR_MIN)
+            & (ycrcb[..., 1] <= CR_MAX)
+            & (ycrcb[..., 2] >= CB_MIN)
+            & (ycrcb[..., 2] <= CB_MAX)
+            & (image.max(axis=2) < CLIP_LEVEL)
+        )
+        polys = regions.region_polygons(points)
+        for poly in [*polys[:3], polys[3]]:
+            mask = np.zeros((height, width), np.uint8)
+            cv2.fillPoly(mask, [poly], 1)
+            sel = (mask == 1) & skin
+            _ = image[sel].mean(axis=0)
+        x, y, w, h = cv2.boundingRect(polys[3])
+        _ = cv2.resize(image[max(0, y) : y + h, max(0, x) : x + w], (72, 72), interpolation=cv2.INTER_AREA)
+    elapsed = time.perf_counter() - start
+    cap.release()
+    mesh.close()
+    return n / elapsed
+
+
+def ours(path: Path) -> dict[str, float]:
+    """End-to-end replay through `process` (background decode), plus per-stage and live push() costs."""
+    from preprocess import PreprocessConfig, Preprocessor, process, to_bytes
+    from preprocess.pipeline import STAGES
+
+    # Warm the landmark model and numba once so start-up is not billed to throughput.
+    Preprocessor().close()
+    start = time.perf_counter()
+    measurement = process(frames(path), PreprocessConfig(source="video", min_usable_s=1.0))
+    elapsed = time.perf_counter() - start
+    n = measurement.n_frames
+    t0 = time.perf_counter()
+    to_bytes(measurement)
+    write_ms = (time.perf_counter() - t0) / n * 1000
+
+    # Per stage and live cost: push() on pre-decoded frames, so decode is not in the figure.
+    decoded = list(frames(path))
+    pre = Preprocessor(PreprocessConfig(source="camera", min_usable_s=1.0))
+    t0 = time.perf_counter()
+    for frame in decoded:
+        pre.push(frame)
+    push_ms = (time.perf_counter() - t0) / len(decoded) * 1000
+    out = {f"{stage}_ms": pre.stage_seconds[stage] / len(decoded) * 1000 for stage in STAGES}
+    out.update(
+        fps=n / elapsed,
+        write_ms=write_ms,
+        push_ms=push_ms,
+        landmark_share=pre.landmark_runs / pre.frames_seen,
+    )
+    pre.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration-s", type=float, default=8.0)
+    parser.add_argument("--resolutions", default="480p,720p,1080p")
+    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "vitalcam-bench")
+    parser.add_argument("--straightforward-frames", type=int, default=120, help="frames timed for (b)")
+    args = parser.parse_args(argv)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    for name in args.resolutions.split(","):
+        path = render(args.cache_dir, name, RESOLUTIONS[name], args.duration_s)
+        cv2_fps, _ = cv2_decode_fps(path)
+        dec_ms = decode_ms(path)
+        mine = ours(path)
+        naive_fps = straightforward_fps(path, args.straightforward_frames)
+        rows.append((name, cv2_fps, dec_ms, mine, naive_fps))
+        print(f"{name}: done", flush=True)
+
+    header = (
+        "| res | decode | landmarks | tracking | masks | extraction | patch | quality | tensor write "
+        "| push() total | landmark share | e2e fps | (a) cv2 decode fps | e2e time / (a) | (b) naive fps "
+        "| speed-up vs (b) | live core share @30fps |"
+    )
+    print()
+    print("ms per frame unless noted")
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for name, cv2_fps, dec_ms, m, naive_fps in rows:
+        print(
+            f"| {name} | {dec_ms:.2f} | {m['landmarks_ms']:.2f} | {m['tracking_ms']:.2f} | {m['masks_ms']:.2f} "
+            f"| {m['extraction_ms']:.2f} | {m['patch_ms']:.2f} | {m['quality_ms']:.2f} | {m['write_ms']:.2f} "
+            f"| {m['push_ms']:.2f} | {m['landmark_share']:.0%} | {m['fps']:.0f} | {cv2_fps:.0f} "
+            f"| {cv2_fps / m['fps']:.2f}x | {naive_fps:.0f} | {m['fps'] / naive_fps:.1f}x "
+            f"| {m['push_ms'] * 30 / 1000:.1%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
