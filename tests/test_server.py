@@ -6,7 +6,9 @@ each test decides whether inference succeeds, fails or blocks; one test runs the
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -696,6 +698,35 @@ def test_public_base_url_is_used_for_upload_urls(tmp_path: Path) -> None:
     with start_embedded(data_dir=tmp_path, public_base_url="https://uploads.example.com/") as srv:
         body = Api(srv.base_url, srv.api_key).start().json()
     assert body["upload_url"].startswith(f"https://uploads.example.com/sdk/upload/{body['session_id']}?")
+
+
+def test_serve_reads_the_environment_and_the_keys_of_its_data_dir(tmp_path: Path) -> None:
+    """`serve()` as `vitalcam serve` runs it: a separate process, configured by environment variables."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key = create_key(tmp_path, "acme")
+    env = {**os.environ, "VITALCAM_RATE_LIMIT_PER_HOUR": "7", "PERSIST_VITALS": "true"}
+    code = f"from server import serve; serve(port={port}, data_dir={str(tmp_path)!r}, log_level='warning')"
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).parent.parent)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.time() < deadline, "serve() did not come up"
+            time.sleep(0.1)
+        response = Api(base_url, key).start()
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Limit"] == "7"
+        assert response.json()["upload_url"].startswith(f"{base_url}/sdk/upload/")
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def test_server_imports_neither_capture_nor_cv2() -> None:
