@@ -43,7 +43,7 @@ from server.models import (
 )
 from server.processing import DEFAULT_FALLBACK_CONFIG, InferFn, Outcome, default_infer, process_upload
 from server.signing import upload_url, verify_upload
-from server.storage import AuthedKey, RateState, SessionRow, Store, UsageState
+from server.storage import AuthedKey, RateState, SessionRow, Store, UsageState, is_session_id
 
 log = logging.getLogger("vitalcam.server")
 
@@ -327,7 +327,7 @@ async def upload_tensor(
     """
     state = _state(request)
     signed_expiry = verify_upload(state.secret, session_id, expires, signature)
-    if signed_expiry is None:
+    if signed_expiry is None or not is_session_id(session_id):
         raise ApiError(403, "FORBIDDEN", "Upload URL signature is invalid")
     if time.time() >= signed_expiry:
         raise ApiError(403, "FORBIDDEN", "Upload URL has expired")
@@ -339,7 +339,7 @@ async def upload_tensor(
     )
     if not claimed:
         raise _upload_refusal(await run_in_threadpool(state.store.get_session, session_id))
-    part = state.store.uploads_dir / f"{session_id}.part"
+    part = state.store.blob_path(session_id, ".part")
     try:
         n_bytes = await _receive_body(request, part, state.config.max_upload_bytes)
         await run_in_threadpool(_validate_tensor_file, part)
@@ -352,7 +352,9 @@ async def upload_tensor(
             )
         )
         raise
-    await run_in_threadpool(state.store.finish_upload, session_id, time.time(), n_bytes)
+    if not await run_in_threadpool(state.store.finish_upload, session_id, time.time(), n_bytes):
+        state.store.blob_path(session_id).unlink(missing_ok=True)
+        raise ApiError(403, "FORBIDDEN", "Upload URL has expired")
     return JSONResponse({"session_id": session_id, "status": "uploading", "received_bytes": n_bytes})
 
 

@@ -32,6 +32,7 @@ UPLOADS_DIR: Final = "uploads"
 KEY_PATTERN: Final = re.compile(r"^ck_(test|live)_([0-9a-f]{48})$")
 KEY_ID_HEX_CHARS: Final = 12
 RATE_WINDOW_S: Final = 3600
+_SESSION_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS developers (
@@ -371,11 +372,15 @@ class Store:
         with self._tx() as conn:
             return conn.execute(sql, (to_status, session_id, from_status)).rowcount == 1
 
-    def finish_upload(self, session_id: str, now_s: float, n_bytes: int) -> None:
+    def finish_upload(self, session_id: str, now_s: float, n_bytes: int) -> bool:
+        """Record a stored upload; False if the session expired while it streamed (the caller drops it)."""
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE sessions SET uploaded_at = ?, upload_bytes = ? WHERE id = ? AND status = 'uploading'",
-                (now_s, n_bytes, session_id),
+            return (
+                conn.execute(
+                    "UPDATE sessions SET uploaded_at = ?, upload_bytes = ? WHERE id = ? AND status = 'uploading'",
+                    (now_s, n_bytes, session_id),
+                ).rowcount
+                == 1
             )
 
     def store_response(
@@ -392,8 +397,11 @@ class Store:
             conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
         self.blob_path(session_id).unlink(missing_ok=True)
 
-    def blob_path(self, session_id: str) -> Path:
-        return self.uploads_dir / f"{session_id}.bin"
+    def blob_path(self, session_id: str, suffix: str = ".bin") -> Path:
+        """Where a session's upload lives; only canonical UUIDs, so no id can name a path outside uploads/."""
+        if not is_session_id(session_id):
+            raise ValueError(f"not a session id: {session_id!r}")
+        return self.uploads_dir / f"{session_id}{suffix}"
 
     def recover_after_restart(self) -> None:
         """Sessions a previous process left mid-flight go back to where a client can retry them."""
@@ -431,6 +439,11 @@ class Store:
         for session_id in expiring:
             self.blob_path(session_id).unlink(missing_ok=True)
         return len(expiring)
+
+
+def is_session_id(text: str) -> bool:
+    """Session ids are lowercase canonical UUIDs, as `str(uuid.uuid4())` writes them."""
+    return _SESSION_ID.fullmatch(text) is not None
 
 
 def _like_prefix(text: str) -> str:
