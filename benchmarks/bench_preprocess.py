@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--resolutions", default="480p,720p,1080p")
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "vitalcam-bench")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "vitalcam-bench-preprocess"
+    )
     parser.add_argument("--straightforward-frames", type=int, default=120, help="frames timed for (b)")
     args = parser.parse_args(argv)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
