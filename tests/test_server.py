@@ -498,6 +498,47 @@ def test_oversize_upload_is_413_streamed_and_retryable(tmp_path: Path) -> None:
         assert api.complete(started["session_id"]).status_code == 200
 
 
+def test_concurrent_and_interrupted_uploads_leave_the_session_retryable(api: Api, server: Any) -> None:
+    started = api.start().json()
+    url = httpx.URL(started["upload_url"])
+    first_chunk_sent, finish = threading.Event(), threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield PAYLOAD[:1000]
+        first_chunk_sent.set()
+        assert finish.wait(10)
+        yield PAYLOAD[1000:]
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.put, url, content=slow_body(), timeout=30.0)
+        assert first_chunk_sent.wait(10)
+        deadline = time.time() + 5
+        while api.result(started["session_id"]).json()["status"] != "uploading" and time.time() < deadline:
+            time.sleep(0.02)
+        assert_error(api.put(str(url)), 409, "UPLOAD_IN_PROGRESS", retryable=True)
+        finish.set()
+        assert slow.result().status_code == 200
+
+    # A client that drops the connection mid-body: the partial file goes, the session is `created` again.
+    other = api.start().json()
+    target = httpx.URL(other["upload_url"])
+    with socket.create_connection((target.host, target.port)) as raw:
+        head = (
+            f"PUT {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}\r\n"
+            f"Content-Length: {len(PAYLOAD)}\r\n\r\n"
+        )
+        raw.sendall(head.encode() + PAYLOAD[:5000])
+        deadline = time.time() + 5
+        while api.result(other["session_id"]).json()["status"] != "uploading" and time.time() < deadline:
+            time.sleep(0.02)
+    deadline = time.time() + 5
+    while api.result(other["session_id"]).json()["status"] != "created" and time.time() < deadline:
+        time.sleep(0.02)
+    assert api.result(other["session_id"]).json()["status"] == "created"
+    assert not list((server.config.data_dir / "uploads").glob(f"{other['session_id']}*"))
+    assert api.put(other["upload_url"]).status_code == 200
+
+
 def test_unknown_session_with_a_valid_signature_is_404(api: Api, server: Any) -> None:
     from server.signing import upload_url
     from server.storage import SECRET_NAME
