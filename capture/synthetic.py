@@ -130,13 +130,16 @@ def render_face_video(
     scene: str = "face",
     width: int = 640,
     height: int = 480,
-    crf: int = 14,
+    crf: int = 0,
     seed: int = 0,
 ) -> SyntheticTruth:
     """Render a synthetic measurement video to `path` (H.264 MP4) and return its ground truth.
 
     `pulse_amplitude` is the green-channel peak-to-peak modulation of skin (0.005 = 0.5 %, typical of real
     rPPG); `scene` is "face" (the astronaut), "skin" (skin texture filling the frame) or "none" (no face).
+    `crf` 0 (the default) encodes losslessly: lossy H.264 quantises away most of a 0.5 % pulse (McDuff et
+    al. 2017, "The impact of video compression on remote cardiac pulse measurement"), and here crf 14
+    drops the pulse SNR of an ideal skin mask from 12 dB to 4 dB. Pass crf > 0 to study that loss.
     The truth is also written to `<path>.truth.json`.
     """
     import av
