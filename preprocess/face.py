@@ -8,7 +8,19 @@ implementing the protocol and passing it to `Preprocessor(backend=...)`, as long
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Final, Protocol
+
+# mediapipe's C++ (TFLite, absl/glog) logs INFO/WARNING lines straight to fd 2 ("Created TensorFlow Lite
+# XNNPACK delegate", "inference_feedback_manager"), which garbles a CLI's progress output. These variables
+# must be set before mediapipe loads; setdefault so a user debugging the model can still turn logs on.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cv2
 import numpy as np
@@ -17,6 +29,44 @@ N_LANDMARKS: Final = 468
 # FaceMesh internally works on a 192x192 face crop (after a 128x128 detector pass), so feeding it more
 # than ~640 px buys nothing but a slower colour conversion and copy at 720p/1080p.
 DEFAULT_MAX_INPUT_SIDE_PX: Final = 640
+
+
+# Set once this process has run the landmark model on a face with fd 2 silenced: mediapipe prints a
+# one-off warning (landmark_projection_calculator) the first time it projects landmarks.
+_first_face_done = False
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """Send fd 2 to /dev/null for the duration (C++ writes there directly, bypassing sys.stderr).
+
+    The env variables above do not reach absl logging before `absl::InitializeLog()`, which mediapipe
+    never calls, so redirecting the descriptor is the only switch. It is process-wide, so it is used only
+    around the few calls known to log (model construction, its warm-up), never around every frame.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _warm_up_face_bgr() -> np.ndarray | None:
+    """A real face photo shipped in an installed package (scikit-image's astronaut), or None.
+
+    Read with OpenCV from the package directory rather than through `skimage.data`, whose import costs
+    half a second.
+    """
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "astronaut.png"
+    return cv2.imread(str(path)) if path.is_file() else None
 
 
 class LandmarkBackend(Protocol):
@@ -66,9 +116,20 @@ class MediaPipeFaceMesh:
         self._mesh = self._open()
 
     def _open(self) -> object:
-        import mediapipe as mp
+        """Build the graph with fd 2 silenced, and on first use run it once on a face (then on a blank
+        image, to clear the tracking state) so that its one-off log lines are printed, silenced, now."""
+        global _first_face_done
+        with _quiet_fd2():
+            import mediapipe as mp
 
-        return mp.solutions.face_mesh.FaceMesh(**self._options)
+            mesh = mp.solutions.face_mesh.FaceMesh(**self._options)
+            if not _first_face_done:
+                face = _warm_up_face_bgr()
+                if face is not None:
+                    found = mesh.process(cv2.cvtColor(face, cv2.COLOR_BGR2RGB)).multi_face_landmarks
+                    _first_face_done = bool(found)
+                    mesh.process(np.zeros((64, 64, 3), np.uint8))
+        return mesh
 
     def detect(self, image_bgr: np.ndarray) -> np.ndarray | None:
         height, width = image_bgr.shape[:2]
@@ -78,7 +139,8 @@ class MediaPipeFaceMesh:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
         rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
-        result = self._mesh.process(rgb)  # type: ignore[attr-defined]
+        quiet = not _first_face_done
+        result = self._process_quietly(rgb) if quiet else self._mesh.process(rgb)  # type: ignore[attr-defined]
         faces = result.multi_face_landmarks
         if not faces:
             return None
@@ -86,6 +148,14 @@ class MediaPipeFaceMesh:
         points = np.array([(p.x, p.y) for p in faces[0].landmark[:N_LANDMARKS]], dtype=np.float32)
         points *= np.array([width, height], dtype=np.float32)
         return points
+
+    def _process_quietly(self, rgb: np.ndarray) -> object:
+        """Fallback when no warm-up face was available: silence fd 2 until the first face is seen."""
+        global _first_face_done
+        with _quiet_fd2():
+            result = self._mesh.process(rgb)  # type: ignore[attr-defined]
+        _first_face_done = bool(result.multi_face_landmarks)
+        return result
 
     def reset(self) -> None:
         self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -82,6 +83,28 @@ def test_tensor_and_package_import_without_heavy_modules():
         "assert preprocess.Preprocessor and 'numba' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_replay_prints_nothing_on_stderr_and_reports_percent(face_video):
+    """mediapipe's C++ logs must not garble a CLI; a replay of a file knows its length, so progress is %."""
+    path, _ = face_video
+    code = (
+        "import json, sys\n"
+        "from capture import open_source\n"
+        "from preprocess import PreprocessConfig, process\n"
+        "events = []\n"
+        f"with open_source({str(path)!r}, duration_s=6.0) as source:\n"
+        "    process(source, PreprocessConfig(source='video', min_usable_s=1.0),\n"
+        "            progress=lambda *e: events.append(e))\n"
+        "print(json.dumps(events))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr == ""
+    events = [tuple(e) for e in json.loads(done.stdout)]
+    percents = [p for phase, p in events if phase == "preprocess"]
+    assert percents == sorted(percents) and len(percents) > 50  # one event per percent, not just 100
+    assert percents[0] < 5 and percents[-1] == 100.0 and events[-1] == ("build", 100.0)
 
 
 # -- extraction kernel ---------------------------------------------------------------------------------
