@@ -22,6 +22,11 @@ class SourceInfo:
     `fps` is nominal (container rate or what the camera reports; 0.0 when unknown). Timing downstream must
     use `Frame.t_s`, never index/fps. `requested` holds the camera width/height/fps the caller asked for
     (None values when not asked) so that a mismatch with what was delivered is visible; None for files.
+
+    `duration_s` and `frame_count` say how much a replay will deliver (of the requested segment), so that
+    a replay can report progress in percent; both are what the container header states, hence estimates
+    (a damaged file may end early). None when unknown, and always for cameras and streams.
+    `frame_count` is only set when the header counts the frames of exactly what is replayed.
     """
 
     width: int
@@ -30,6 +35,8 @@ class SourceInfo:
     kind: SourceKind
     name: str
     requested: dict[str, Any] | None = None
+    duration_s: float | None = None
+    frame_count: int | None = None
 
 
 @runtime_checkable

@@ -126,8 +126,21 @@ class VideoFileSource:
         self._container = container
         self.offset_s = first.video_t_s
         height, width = first.image.shape[:2]
+        # What this replay will cover: from the first delivered frame to the file's end or the limit.
+        segment_s = None if duration_s is None else float(duration_s)
+        file_duration_s = _header_duration_s(container, stream)
+        if file_duration_s is not None:
+            rest_s = max(0.0, file_duration_s - self.offset_s)
+            segment_s = rest_s if duration_s is None else min(rest_s, duration_s)
+        whole_file = self.start_s == 0 and duration_s is None
         self._info = SourceInfo(
-            width=width, height=height, fps=self.nominal_fps, kind="video", name=str(self.path)
+            width=width,
+            height=height,
+            fps=self.nominal_fps,
+            kind="video",
+            name=str(self.path),
+            duration_s=segment_s,
+            frame_count=stream.frames if whole_file and stream.frames > 0 else None,
         )
 
     @property
@@ -302,6 +315,24 @@ def _nominal_fps(stream: av.video.stream.VideoStream) -> float:
         if rate:
             return float(rate)
     return 0.0
+
+
+def _header_duration_s(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> float | None:
+    """The video's length in seconds as its header states it (stream, else container), or None.
+
+    Measured from the stream's first timestamp, like `Frame.t_s`, so that it is comparable with them.
+    """
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and container.duration > 0:
+        start_s = container.start_time / 1e6 if container.start_time else 0.0
+        stream_start_s = (
+            float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else start_s
+        )
+        return max(0.0, container.duration / 1e6 - (stream_start_s - start_s))
+    return None
 
 
 def _stream_duration_s(stream: av.video.stream.VideoStream) -> str:

@@ -187,6 +187,25 @@ def test_segment_start_and_duration(tmp_path: Path) -> None:
     assert frames[0].image.mean() == pytest.approx(marker_image(30, 1, 1)[0, 0, 0], abs=3)
 
 
+def test_info_states_the_replay_length_for_progress(tmp_path: Path) -> None:
+    path = tmp_path / "length.mp4"
+    write_video(path, n_frames=120, fps=30)
+    with VideoFileSource(path) as source:
+        assert source.info.frame_count == 120
+        assert source.info.duration_s == pytest.approx(4.0, abs=1 / 30)
+    # A segment: its own length; the header's frame count is for the whole file, so it is not given.
+    with VideoFileSource(path, start_s=1.0, duration_s=1.5) as source:
+        assert source.info.duration_s == pytest.approx(1.5) and source.info.frame_count is None
+    with VideoFileSource(path, start_s=3.0, duration_s=5.0) as source:
+        assert source.info.duration_s == pytest.approx(1.0, abs=1 / 30)
+    # Matroska keeps no frame count, only a duration.
+    mkv = tmp_path / "length.mkv"
+    write_video(mkv, n_frames=60, fps=30)
+    with VideoFileSource(mkv) as source:
+        assert source.info.frame_count is None
+        assert source.info.duration_s == pytest.approx(2.0, abs=2 / 30)
+
+
 def test_start_beyond_end_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "short.mp4"
     write_video(path, n_frames=30)
@@ -320,6 +339,7 @@ def test_camera_path_on_a_paced_file_delivers_every_frame_in_real_time(tmp_path:
     assert (source.info.width, source.info.height) == (64, 48)  # delivered, not requested
     assert source.info.requested == {"width": 320, "height": 240, "fps": 30}
     assert source.info.fps == pytest.approx(30.0)
+    assert source.info.duration_s is None and source.info.frame_count is None  # live: length unknown
     assert len(frames) == 30 and source.dropped == 0
     t_s = np.array([f.t_s for f in frames])
     assert t_s[0] == 0.0 and np.all(np.diff(t_s) > 0)
