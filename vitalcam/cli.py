@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_camera_spec,
         default=0,
         metavar="N|PATH|URL",
-        help="camera index, device path or stream URL",
+        help="camera index, device path or stream URL; a video file here plays in real time as if it were a camera",
     )
     where.add_argument(
         "--video", type=Path, metavar="PATH", help="replay a recorded video file instead of a camera"
@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Pipes and CI logs get a fixed wide layout instead of rich's 80-column default.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=None if stream.isatty() else 120)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -328,14 +330,24 @@ def cmd_keys(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         print(f"revoked {args.key_id}")
     else:
-        for info in list_keys(data_dir):
+        keys = list_keys(data_dir)
+        if not keys:
+            print(f"no keys in {data_dir}; create one with `vitalcam keys create --developer NAME`")
+        for info in keys:
             print(_describe_key(info))
     return EXIT_OK
 
 
 def _describe_key(info: Any) -> str:
-    fields = getattr(info, "__dataclass_fields__", {})
-    return "  ".join(f"{name}={getattr(info, name)}" for name in fields)
+    """One line per key: id, developer, mode, created date and status (never the secret)."""
+    from datetime import UTC, datetime
+
+    def day(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+    status = "active" if info.revoked_at is None else f"revoked {day(info.revoked_at)}"
+    mode = "live" if info.live else "test"
+    return f"{info.key_id}  {info.developer}  {mode}  created {day(info.created_at)}  {status}"
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -364,10 +376,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
     for item, outcome in outcomes:
         if isinstance(outcome, VitalcamError):
             failed += 1
-            print(f"{item.path}: still pending ({outcome})")
+            print(f"{item.payload_path}: still pending ({outcome})")
         else:
             hr = outcome.vitals.heart_rate if outcome.vitals else None
-            print(f"{item.path}: completed, session {outcome.session_id}, heart rate {hr}")
+            print(
+                f"{item.payload_path}: completed, session {outcome.session_id}, heart rate {hr} (result saved in {outbox.directory / 'results'})"
+            )
     return EXIT_SERVER if failed else EXIT_OK
 
 

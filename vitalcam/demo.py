@@ -11,7 +11,7 @@ from pathlib import Path
 
 from capture.synthetic import SyntheticTruth, render_face_video
 
-DEMO_VIDEO_NAME = "astronaut-v1.mp4"
+DEMO_VIDEO_NAME = "astronaut-v2-lossless.mp4"
 DEMO_SETTINGS = {"duration_s": 30.0, "hr_bpm": 74.0, "rr_bpm": 14.0, "sdnn_ms": 45.0, "seed": 7}
 
 

@@ -58,7 +58,7 @@ def _plots(outcome: Outcome) -> dict[str, str]:
 
         def pulse(ax: Any) -> None:
             ax.plot(analysis.t_s, analysis.pulse, lw=0.8, color="crimson")
-            beats = np.asarray(analysis.beat_times_s)
+            beats = np.asarray(analysis.beat_t_s)
             if beats.size:
                 ax.plot(
                     beats, np.interp(beats, analysis.t_s, analysis.pulse), "k.", ms=4, label="detected beats"
@@ -92,7 +92,7 @@ def _plots(outcome: Outcome) -> dict[str, str]:
     def quality(ax: Any) -> None:
         ax.plot(timeline.t_s, timeline.brightness, label="brightness (0..255)", color="orange")
         ax.plot(timeline.t_s, 100 * timeline.face_present, label="face present (x100)", color="green")
-        ax.plot(timeline.t_s, timeline.face_speed, label="face speed", color="purple")
+        ax.plot(timeline.t_s, timeline.face_speed, label="face speed (face widths/s)", color="purple")
         ax.set_xlabel("time (s)")
         ax.legend(loc="upper right", fontsize=8)
 

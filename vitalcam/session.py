@@ -114,20 +114,33 @@ def iter_measurement(options: MeasureOptions) -> Iterator[Event]:
     yield Event(Phase.INITIALIZING, message="opening the source and warming up")
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(_open(open_source, options))
+        # Both preprocessors load their models before the first frame is grabbed, so that neither the
+        # warm-up nor the switch from readiness to capture makes the grabber drop frames.
+        recorder = _preprocessor(options, source.info.kind)
+        stack.callback(recorder.close)
+        checker = None if options.replay else _preprocessor(options, "camera")
+        if checker is not None:
+            stack.callback(checker.close)
         preview = open_preview("vitalcam") if options.preview else None
         if preview is not None:
             stack.callback(preview.close)
         frames = iter(source)
-        if not options.replay:
-            yield from _readiness(frames, options, preview)
-        measurement, timeline = yield from _capture(frames, source, options, preview)
-        dropped = int(getattr(source, "dropped", 0))
+        if checker is not None:
+            yield from _readiness(checker, frames, options, preview)
+        dropped_before = int(getattr(source, "dropped", 0))
+        measurement, timeline = yield from _record(recorder, frames, options, preview)
+        dropped = int(getattr(source, "dropped", 0)) - dropped_before
     yield from _send(measurement, timeline, options, dropped)
 
 
 def _open(open_source: Callable[..., Any], options: MeasureOptions) -> Any:
+    """Replays decode as fast as possible; a video file given as a camera plays in real time like one."""
     if options.replay:
         return open_source(options.source, duration_s=options.duration_s)
+    if isinstance(options.source, str | Path) and Path(options.source).is_file():
+        from capture import CameraSource
+
+        return CameraSource(str(options.source))
     return open_source(options.source)
 
 
@@ -142,9 +155,8 @@ def _preprocessor(options: MeasureOptions, source_kind: str) -> Any:
     return Preprocessor(config)
 
 
-def _readiness(frames: Iterator[Any], options: MeasureOptions, preview: Any) -> Iterator[Event]:
+def _readiness(checker: Any, frames: Iterator[Any], options: MeasureOptions, preview: Any) -> Iterator[Event]:
     """Wait until the face is found in usable conditions for `readiness_hold_s`, telling the person what to fix."""
-    checker = _preprocessor(options, "camera")
     started = time.monotonic()
     ready_since: float | None = None
     hints: tuple[str, ...] = ()
@@ -167,10 +179,7 @@ def _readiness(frames: Iterator[Any], options: MeasureOptions, preview: Any) -> 
     raise NotReady("the source ended before a usable face was found")
 
 
-def _capture(
-    frames: Iterator[Any], source: Any, options: MeasureOptions, preview: Any
-) -> Iterator[Event]:  # returns (Measurement, QualityTimeline) via StopIteration
-    pre = _preprocessor(options, source.info.kind)
+def _record(pre: Any, frames: Iterator[Any], options: MeasureOptions, preview: Any) -> Iterator[Event]:
     duration_s = options.duration_s
     t0: float | None = None
     t_list: list[float] = []
@@ -187,8 +196,8 @@ def _capture(
         q = features.quality
         t_list.append(elapsed_s)
         face.append(bool(q.face_present))
-        brightness.append(float(q.brightness))
-        speed.append(float(q.face_speed))
+        brightness.append(float(q.brightness_luma))
+        speed.append(float(q.face_speed_widths_per_s))
         hints = tuple(w.message for w in features.warnings)
         percent = 100.0 * elapsed_s / duration_s if duration_s else None
         _show(preview, frame, features, hints, percent, Phase.CAPTURING)
@@ -221,7 +230,7 @@ def _show(
         pulse=features.pulse_preview,
         phase=phase.value,
     )
-    if not preview.show(frame, overlay):
+    if not preview.show(frame.image, overlay):
         raise Cancelled("cancelled from the preview window")
 
 

@@ -1,0 +1,245 @@
+"""The vitalcam CLI end to end: replayed and camera-paced measurements, exit codes, JSON, report, outbox.
+
+Everything runs the real console script in a subprocess against a real server (embedded, or
+`vitalcam serve` in its own process); nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vitalcam.session import MeasureOptions, Phase, iter_measurement
+
+VITALCAM = str(Path(sys.executable).with_name("vitalcam"))
+SPEC_VITALS = ("heart_rate", "respiratory_rate", "hrv", "spo2", "systolic_bp", "diastolic_bp", "confidence")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment: private cache (outbox, demo) and no API settings inherited from the caller."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("VITALCAM_")}
+    environment["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    environment["GLOG_minloglevel"] = "2"
+    return environment
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [VITALCAM, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_spec_shape(body: dict) -> None:
+    """The upload-complete response of the spec: exact vitals keys, numeric values, status completed."""
+    assert body["status"] == "completed"
+    assert isinstance(body["session_id"], str) and len(body["session_id"]) == 36
+    assert set(body["vitals"]) == set(SPEC_VITALS)
+    assert all(isinstance(body["vitals"][k], int | float) for k in SPEC_VITALS)
+    assert 0.0 <= body["vitals"]["confidence"] <= 1.0
+    assert isinstance(body.get("quality"), dict)
+
+
+def test_measure_video_against_embedded_backend(face_video, env, tmp_path) -> None:
+    path, truth = face_video
+    report = tmp_path / "out" / "report.html"
+    done = run(["measure", "--video", str(path), "--json", "--report", str(report)], env)
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert_spec_shape(body)
+    assert "processing_time_ms" in body
+    assert abs(body["vitals"]["heart_rate"] - truth.hr_bpm) <= 3.0
+    assert body["vitals"]["confidence"] >= 0.5
+    assert body["quality"]["source"]["spo2"] == "prior"
+    html = report.read_text()
+    for section in (
+        "Pulse waveform",
+        "Pulse spectrum",
+        "Heart-rate track",
+        "Breathing signal",
+        "Quality timeline",
+    ):
+        assert f"<h2>{section}</h2>" in html
+    assert html.count("data:image/png;base64,") == 5
+    assert "prior (not measured by the camera)" in html
+    assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
+
+
+def test_measure_against_separate_serve_process(face_video, env, tmp_path) -> None:
+    path, truth = face_video
+    data_dir = tmp_path / "server-data"
+    created = run(["keys", "create", "--developer", "cli-test", "--data-dir", str(data_dir)], env)
+    assert created.returncode == 0, created.stderr
+    api_key = created.stdout.strip()
+    assert api_key.startswith("ck_test_")
+    port = free_port()
+    server = subprocess.Popen(
+        [VITALCAM, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        done = run(
+            [
+                "measure",
+                "--video",
+                str(path),
+                "--json",
+                "--payload",
+                "traces",
+                "--api-url",
+                f"http://127.0.0.1:{port}",
+                "--api-key",
+                api_key,
+            ],
+            env,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert_spec_shape(body)
+    assert abs(body["vitals"]["heart_rate"] - truth.hr_bpm) <= 3.0
+    listed = run(["keys", "list", "--data-dir", str(data_dir)], env)
+    assert "cli-test" in listed.stdout and api_key not in listed.stdout
+
+
+def test_camera_path_paced_in_real_time_with_phases(face_video, env) -> None:
+    """A video file given as --camera goes through the OpenCV grabber thread at real-time pace."""
+    path, _truth = face_video
+    started = time.monotonic()
+    done = run(["measure", "--camera", str(path), "--duration", "20", "--no-preview"], env)
+    elapsed_s = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert elapsed_s >= 20.0  # frames arrived at camera pace, not decode speed
+    log = done.stderr + done.stdout
+    positions = [log.find(f"[{phase}]") for phase in ("INITIALIZING", "READINESS", "CAPTURING", "UPLOADING")]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), log
+    assert "Heart rate" in done.stdout and "prior (not measured by the camera)" in done.stdout
+    assert "No raw video frames left this device" in done.stdout
+
+
+def test_python_callers_get_the_same_phases_as_events(face_video) -> None:
+    path, _ = face_video
+    options = MeasureOptions(source=path, replay=True, duration_s=20.0, preview=False, payload="traces")
+    events = list(iter_measurement(options))
+    phases = [e.phase for e in events]
+    order = [Phase.INITIALIZING, Phase.CAPTURING, Phase.UPLOADING, Phase.PROCESSING, Phase.DONE]
+    assert list(dict.fromkeys(phases)) == order
+    outcome = events[-1].outcome
+    assert outcome is not None and outcome.measurement.patches is None
+    assert outcome.payload_bytes < 200_000
+    assert outcome.timeline.face_present.mean() > 0.95
+
+
+def test_exit_code_no_face(render_video, env) -> None:
+    path, _ = render_video(scene="none", duration_s=20.0)
+    done = run(["measure", "--video", str(path)], env)
+    assert done.returncode == 4, done.stderr
+    assert "not enough usable signal" in done.stdout
+
+
+def test_exit_code_bad_arguments_and_unreadable_input(env, tmp_path) -> None:
+    assert run(["measure", "--duration", "-3"], env).returncode == 2
+    assert run(["measure", "--sex", "Q"], env).returncode == 2
+    missing = run(["measure", "--video", str(tmp_path / "missing.mp4")], env)
+    assert missing.returncode == 2 and "missing.mp4" in missing.stdout
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a video")
+    assert run(["measure", "--video", str(not_video)], env).returncode == 2
+    assert run(["measure", "--api-url", "http://127.0.0.1:9", "--video", str(not_video)], env).returncode == 2
+
+
+def test_exit_code_no_camera(env) -> None:
+    done = run(["measure", "--camera", "/dev/video97", "--no-preview"], env, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "/dev/video97" in done.stdout
+
+
+def test_exit_code_server_failure_keeps_tensor_in_outbox_then_retry(face_video, env, tmp_path) -> None:
+    path, _truth = face_video
+    outbox = tmp_path / "outbox"
+    closed_port = free_port()  # nothing listens here
+    done = run(
+        [
+            "measure",
+            "--video",
+            str(path),
+            "--payload",
+            "traces",
+            "--api-url",
+            f"http://127.0.0.1:{closed_port}",
+            "--api-key",
+            "ck_test_unreachable",
+            "--outbox",
+            str(outbox),
+        ],
+        env,
+    )
+    assert done.returncode == 5, done.stderr
+    kept = list(outbox.glob("*.tensor"))
+    assert len(kept) == 1 and str(kept[0]) in done.stdout.replace("\n", "")
+    retried = run(["retry", "--outbox", str(outbox)], env)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert "completed" in retried.stdout
+    assert not list(outbox.glob("*.tensor"))
+
+
+def test_ctrl_c_during_capture_exits_130_and_writes_nothing(face_video, env, tmp_path) -> None:
+    path, _ = face_video
+    report = tmp_path / "never.html"
+    outbox = tmp_path / "outbox"
+    proc = subprocess.Popen(
+        [
+            VITALCAM,
+            "measure",
+            "--camera",
+            str(path),
+            "--no-preview",
+            "--report",
+            str(report),
+            "--outbox",
+            str(outbox),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "[CAPTURING]" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert not report.exists()
+    assert not outbox.exists() or not any(outbox.iterdir())
+    assert not list(tmp_path.glob(".report-*"))
