@@ -380,7 +380,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         else:
             hr = outcome.vitals.heart_rate if outcome.vitals else None
             print(
-                f"{item.payload_path}: completed, session {outcome.session_id}, heart rate {hr} (result saved in {outbox.directory / 'results'})"
+                f"{item.payload_path}: completed, session {outcome.session_id}, heart rate {hr} (result saved in {outbox.results_dir})"
             )
     return EXIT_SERVER if failed else EXIT_OK
 
