@@ -17,7 +17,7 @@ from preprocess.tensor import Measurement
 from server.inference import confidence as conf
 from server.inference.conditioning import Conditioned, condition
 from server.inference.errors import InferenceFailed
-from server.inference.hrv import MIN_CLEAN_BEATS, Beats, detect_beats
+from server.inference.hrv import MIN_CLEAN_BEATS, Beats, detect_beats, systolic_up
 from server.inference.priors import (
     blood_pressure_prior,
     ratio_of_ratios,
@@ -55,7 +55,9 @@ class Analysis:
     band-passed, on `t_s`), `rr_bpm`, `rr_sources` (name, breaths/min, quality). Beats: `beat_t_s`,
     `ibi_ms`, `ibi_accepted`, `sdnn_ms`, `rmssd_ms` (NaN when too few clean beats). Per region (order of
     `regions`): SNR (dB, NaN if absent), own peak (bpm), projection ("pos"/"chrom"), fusion weight,
-    coverage. `confidence` holds 0..1 for heart_rate, respiratory_rate, hrv; `hr_factors` the HR terms.
+    coverage. `confidence` holds 0..1 for heart_rate, respiratory_rate, hrv; `hr_factors` and `hrv_factors`
+    the terms they are products of; `beat_template_r` (beat-to-mean-beat correlation) and
+    `beat_jitter_ms` (the beat-timing error it predicts) are the HRV timing evidence.
     """
 
     t_s: np.ndarray
@@ -97,6 +99,9 @@ class Analysis:
     motion_level: float
     confidence: dict[str, float]
     hr_factors: dict[str, float]
+    hrv_factors: dict[str, float]
+    beat_jitter_ms: float
+    beat_template_r: float
 
 
 def analyze(measurement: Measurement) -> Analysis:
@@ -124,7 +129,7 @@ def _analyze(m: Measurement) -> Analysis:
     fused_power = (weights @ spectra) / weights.sum() * gain
     pulses = _aligned_pulses(regions, weights, cond.t_s.shape[0])
     pulse_valid = np.any(cond.valid & (weights > 0)[:, None], axis=0)
-    fused_pulse = unit_std(weights @ pulses)
+    fused_pulse = systolic_up(unit_std(weights @ pulses), pulse_valid)
     hr = fused_heart_rate(f_hz, fused_power, fused_pulse, fs)
     track = hr_track(pulses, weights, cond.valid, cond.t_s, fs, f_hz, gain, hr.hr_bpm)
 
@@ -142,9 +147,18 @@ def _analyze(m: Measurement) -> Analysis:
     beats = detect_beats(fused_pulse, pulse_valid, cond.t_s, hr.hr_bpm)
     resp = _respiration(cond, weights, beats, hr_conf.value)
     expected_beats = cond.usable_s * hr.hr_bpm / 60.0 - 1.0
-    hrv_conf = conf.hrv_confidence(hr_conf.value, beats.n_clean, expected_beats, MIN_CLEAN_BEATS)
-    if not math.isfinite(beats.sdnn_ms):
-        hrv_conf = 0.0
+    clean_ibi_ms = beats.ibi_ms[beats.accepted]
+    hrv_conf = conf.hrv_confidence(
+        hr_confidence=hr_conf.value,
+        snr_db=hr.snr_db,
+        n_clean=beats.n_clean,
+        n_expected=expected_beats,
+        beat_hr_bpm=60000.0 / float(np.mean(clean_ibi_ms)) if clean_ibi_ms.size else float("nan"),
+        spectral_hr_bpm=hr.hr_bpm,
+        template_r=beats.template_r,
+        min_clean=MIN_CLEAN_BEATS,
+    )
+    hrv_value = hrv_conf.value if math.isfinite(beats.sdnn_ms) else 0.0
     rr_conf = resp.confidence * conf.coverage_factor(cond.coverage)
     hr_bpm, hr_method = _refine_with_beats(hr.hr_bpm, beats, expected_beats, hr_conf.value)
 
@@ -190,7 +204,7 @@ def _analyze(m: Measurement) -> Analysis:
         fps_hz=cond.fps_hz,
         frame_jitter_ms=cond.frame_interval_jitter_ms,
         motion_level=motion_level,
-        confidence={"heart_rate": hr_conf.value, "respiratory_rate": rr_conf, "hrv": hrv_conf},
+        confidence={"heart_rate": hr_conf.value, "respiratory_rate": rr_conf, "hrv": hrv_value},
         hr_factors={
             "snr": hr_conf.snr,
             "consistency": hr_conf.consistency,
@@ -198,6 +212,15 @@ def _analyze(m: Measurement) -> Analysis:
             "motion": hr_conf.motion,
             "coverage": hr_conf.coverage,
         },
+        hrv_factors={
+            "snr": hrv_conf.snr,
+            "timing": hrv_conf.timing,
+            "share": hrv_conf.share,
+            "agreement": hrv_conf.agreement,
+            "heart_rate": hrv_conf.heart_rate,
+        },
+        beat_jitter_ms=hrv_conf.jitter_ms,
+        beat_template_r=beats.template_r,
     )
 
 
@@ -363,6 +386,9 @@ def _result(
         "rmssd_ms": _num(a.rmssd_ms, 1),
         "beats": int(a.beat_t_s.shape[0]),
         "clean_intervals": int(a.ibi_accepted.sum()),
+        "hrv_confidence_factors": {k: _num(v, 3) for k, v in a.hrv_factors.items()},
+        "beat_template_r": _num(a.beat_template_r, 3),
+        "beat_jitter_ms": _num(a.beat_jitter_ms, 1),
         "respiratory_sources": [
             {"name": n, "rr_bpm": _num(rr, 1), "quality": _num(q, 3)} for n, rr, q in a.rr_sources
         ],

@@ -30,7 +30,9 @@ class Beats:
     """Detected beats: times (s, on the measurement clock), peak amplitudes, intervals and their verdicts.
 
     `ibi_ms` [B-1] are successive intervals, `accepted` [B-1] marks the clean ones; `sdnn_ms`/`rmssd_ms`
-    are NaN when fewer than 3 clean intervals exist.
+    are NaN when fewer than 3 clean intervals exist. `template_r` is the median correlation of each beat's
+    waveform with the mean beat (NaN with fewer than 3 beats): how alike the beats look, i.e. how much of
+    each beat is pulse rather than noise.
     """
 
     t_s: np.ndarray
@@ -39,10 +41,26 @@ class Beats:
     accepted: np.ndarray
     sdnn_ms: float
     rmssd_ms: float
+    template_r: float = float("nan")
 
     @property
     def n_clean(self) -> int:
         return int(self.accepted.sum())
+
+
+def systolic_up(pulse: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The pulse with its sharp systolic peaks pointing up (sign chosen by skewness over valid samples).
+
+    POS and CHROM give the pulse with opposite signs, and the fused waveform inherits the sign of its
+    strongest region. A PPG wave has narrow systolic peaks and broad diastolic troughs, so its skewness
+    is positive when systole points up. Peak picking on the wrong sign times each beat on the broad
+    trough, where noise moves the extremum by 100–200 ms: on a rendered 58 bpm video that inflated SDNN
+    from 31 ms to 77 ms; with the sign fixed it reads 29 ms.
+    """
+    x = pulse[valid] if valid.any() else pulse
+    centred = x - x.mean()
+    third = float(np.mean(centred**3))
+    return -pulse if third < 0 else pulse
 
 
 def detect_beats(
@@ -81,7 +99,29 @@ def detect_beats(
         accepted=accepted,
         sdnn_ms=sdnn(ibi_ms[accepted]),
         rmssd_ms=rmssd(ibi_ms, accepted),
+        template_r=template_correlation(fine, peaks, round(ibi_s * upsample_hz)),
     )
+
+
+def template_correlation(fine: np.ndarray, peaks: np.ndarray, period: int) -> float:
+    """Median correlation of each beat (−0.4 to +0.6 of a period around its peak) with the mean beat.
+
+    Beat timing error grows as noise reshapes individual beats, which the spectral SNR of the whole
+    record does not see (a 30 s peak can stand 8 dB clear while each beat is half noise). With r the
+    correlation, the beat's own signal-to-noise ratio is r²/(1 − r²).
+    """
+    before, after = int(0.4 * period), int(0.6 * period)
+    inside = peaks[(peaks >= before) & (peaks + after < fine.shape[0])]
+    if inside.size < 3 or before + after < 4:
+        return float("nan")
+    step = max(1, (before + after) // 64)
+    offsets = np.arange(-before, after, step)
+    beats = fine[inside[:, None] + offsets[None, :]]
+    beats = beats - beats.mean(axis=1, keepdims=True)
+    template = beats.mean(axis=0)
+    norms = np.linalg.norm(beats, axis=1) * float(np.linalg.norm(template))
+    r = (beats @ template) / np.where(norms > 0, norms, 1.0)
+    return float(np.median(r))
 
 
 def _beat_amplitudes(x: np.ndarray, peaks: np.ndarray) -> np.ndarray:
