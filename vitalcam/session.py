@@ -276,7 +276,13 @@ def _send(
         yield Event(Phase.UPLOADING, 0.0, bytes_sent=0, bytes_total=len(payload))
         worker = threading.Thread(target=work, name="vitalcam-upload", daemon=True)
         worker.start()
-        while (event := events.get()) is not None:
+        while True:
+            try:  # a timeout keeps the wait interruptible by Ctrl-C
+                event = events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if event is None:
+                break
             yield event
         worker.join()
         if "error" in box:
