@@ -137,9 +137,10 @@ def test_head_bob_in_the_pulse_band_is_attenuated() -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_pure_noise_has_confidence_at_most_0_1(seed: int) -> None:
+    """The issue's limit is 0.1; 0.07 keeps a margin for records whose noise happens to line up."""
     m, _ = simulate(with_pulse=False, noise_std=0.3, seed=seed)
     result = infer(m)
-    assert result.vitals["confidence"] <= 0.1
+    assert result.vitals["confidence"] <= 0.07
     assert result.quality["confidence"]["hrv"] <= 0.1
     assert result.quality["reliable"]["heart_rate"] is False
 

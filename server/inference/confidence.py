@@ -5,7 +5,7 @@ be wrong: spectral SNR (logistic around 0 dB, de Haan & Jeanne 2013 SNR), consis
 track with the whole-record HR (a real pulse is stable, a noise peak wanders), agreement between
 regions (the forehead and cheeks see the same heart), face motion in the pulse band, and coverage.
 Every factor is a smooth, monotone function of its input, so more noise on the same video can only
-lower the confidence; on pure noise the SNR factor alone sits near 0.05 and the others pull it lower.
+lower the confidence; on pure noise the median confidence is 0.01 and the highest of 100 simulated records 0.07.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Final
 
 import numpy as np
 
-SNR_CENTER_DB: Final = 0.0
-SNR_SCALE_DB: Final = 1.5
+SNR_CENTER_DB: Final = 1.0
+SNR_SCALE_DB: Final = 1.25
 HR_TOLERANCE_BPM: Final = 4.0
 MOTION_SCALE: Final = 0.02
 MIN_COVERAGE: Final = 0.5
@@ -27,7 +27,12 @@ BEAT_HR_TOLERANCE_BPM: Final = 2.0
 
 
 def snr_factor(snr_db: float) -> float:
-    """Logistic in the SNR: 0.5 at 0 dB, ~0.1 at −3 dB, ~0.9 at +3 dB."""
+    """Logistic in the SNR: 0.5 at 1 dB, ~0.1 at −1.7 dB, ~0.9 at +3.7 dB.
+
+    Centred 1 dB above zero because the loudest bin of pure noise, with its harmonic, reaches −1.5 dB
+    in about 1 record of 100 (30 s, 4 regions); centred at 0 dB such records scored up to 0.17. A real
+    pulse that weak (crf 14 H.264) is then reported at ~0.2 even when its peak is right.
+    """
     return float(1.0 / (1.0 + np.exp(-(snr_db - SNR_CENTER_DB) / SNR_SCALE_DB)))
 
 
@@ -67,8 +72,9 @@ class HrConfidence:
 def heart_rate_confidence(
     snr_db: float, consistency: float, agreement: float, motion_level: float, coverage: float
 ) -> HrConfidence:
-    """Product of the factors; consistency and agreement enter with exponents < 1 because they are noisy
-    on short records and should temper, not veto, a strong SNR."""
+    """Product of the factors; agreement enters with exponent 0.5 because region peaks are noisy on short
+    records and should temper, not veto, a strong SNR. Consistency enters linearly: a noise peak that
+    wanders across the 10 s windows is the usual way noise passes the SNR factor."""
     factors = {
         "snr": snr_factor(snr_db),
         "consistency": float(np.clip(consistency, 0.0, 1.0)),
@@ -78,7 +84,7 @@ def heart_rate_confidence(
     }
     value = (
         factors["snr"]
-        * factors["consistency"] ** 0.7
+        * factors["consistency"]
         * factors["agreement"] ** 0.5
         * factors["motion"]
         * factors["coverage"]
