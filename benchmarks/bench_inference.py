@@ -4,26 +4,33 @@
     python -m benchmarks.bench_inference --no-videos     # skip rendering/replaying videos (fast)
 
 Timing runs `infer` on one thread (the server's budget is one core) for 30 s and 120 s measurements.
-The trace table uses tests/simulate_traces.py; the video table renders H.264 videos with
-capture.synthetic.render_face_video and replays them through preprocess.process (mediapipe), so it
-scores the whole on-device + server chain against the injected truth.
+The trace table uses tests/simulate_traces.py. The video table renders each case of VIDEO_CASES with
+capture.synthetic.render_face_video (lossless H.264 unless the case sets `crf`; seed = case index),
+replays it through capture.open_source and preprocess.process (mediapipe), and scores infer against the
+injected truth, so it measures the whole on-device + server chain. Errors are signed (estimate − truth);
+on no-pulse videos the estimates are shown in parentheses. `--cache-dir` keeps the rendered tensors so a
+re-run after an engine change skips rendering (about 30 s per video).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from server.inference import InferenceFailed, infer  # noqa: E402
+from capture.synthetic import SyntheticTruth  # noqa: E402
+from preprocess.tensor import Measurement, from_bytes, to_bytes  # noqa: E402
+from server.inference import InferenceFailed, InferenceResult, infer  # noqa: E402
 from tests.simulate_traces import simulate  # noqa: E402
 
 
@@ -80,46 +87,103 @@ def trace_table(seeds: int) -> list[str]:
 
 
 VIDEO_CASES: tuple[tuple[str, dict[str, object]], ...] = (
-    ("72 bpm, RR 15, default", {"hr_bpm": 72.0, "rr_bpm": 15.0}),
-    ("58 bpm, RR 10", {"hr_bpm": 58.0, "rr_bpm": 10.0, "sdnn_ms": 50.0}),
-    ("96 bpm, RR 20", {"hr_bpm": 96.0, "rr_bpm": 20.0, "sdnn_ms": 30.0}),
+    ("72 bpm, lossless (default)", {"hr_bpm": 72.0, "rr_bpm": 15.0}),
+    ("58 bpm, RR 10, SDNN 50", {"hr_bpm": 58.0, "rr_bpm": 10.0, "sdnn_ms": 50.0}),
+    ("96 bpm, RR 20, SDNN 30", {"hr_bpm": 96.0, "rr_bpm": 20.0, "sdnn_ms": 30.0}),
     ("72 bpm, sensor noise 3", {"hr_bpm": 72.0, "noise_std": 3.0}),
+    ("72 bpm, sensor noise 6", {"hr_bpm": 72.0, "noise_std": 6.0}),
     ("72 bpm, pulse 0.25 %", {"hr_bpm": 72.0, "pulse_amplitude": 0.0025}),
-    ("no pulse", {"hr_bpm": 72.0, "pulse_amplitude": 0.0}),
+    ("72 bpm, pulse 0.1 %", {"hr_bpm": 72.0, "pulse_amplitude": 0.001}),
+    ("72 bpm, crf 3", {"hr_bpm": 72.0, "crf": 3}),
+    ("72 bpm, crf 14", {"hr_bpm": 72.0, "crf": 14}),
+    ("72 bpm, crf 23", {"hr_bpm": 72.0, "crf": 23}),
+    ("96 bpm, crf 14", {"hr_bpm": 96.0, "rr_bpm": 20.0, "sdnn_ms": 30.0, "crf": 14}),
+    ("no pulse, lossless", {"hr_bpm": 72.0, "pulse_amplitude": 0.0}),
+    ("no pulse, crf 23", {"hr_bpm": 72.0, "pulse_amplitude": 0.0, "crf": 23}),
 )
 
 
-def video_table(duration_s: float) -> list[str]:
-    """Render each video, replay it through preprocess.process, infer, and score against the truth."""
+@dataclass(frozen=True, slots=True)
+class VideoRun:
+    """One replayed video scored against its truth (errors are absolute; NaN when inference failed)."""
+
+    name: str
+    truth: SyntheticTruth
+    result: InferenceResult | None
+    failure: str | None
+    infer_ms: float
+
+
+def video_measurement(
+    name: str, kwargs: Mapping[str, object], duration_s: float, seed: int, workdir: Path, cache: bool
+) -> tuple[Measurement, SyntheticTruth]:
+    """Render the video and replay it through capture.open_source → preprocess.process.
+
+    With `cache`, the rendered tensor and truth are kept in `workdir` keyed by the case, so re-running the
+    benchmark after an engine change skips rendering and preprocessing (delete the directory whenever
+    capture/ or preprocess/ change).
+    """
+    from capture import open_source
     from capture.synthetic import render_face_video
-    from capture.video import VideoFileSource
     from preprocess import PreprocessConfig, process
 
-    lines = [
-        "| video | true HR | HR | conf | true RR | RR | RR conf | true SDNN | SDNN | HRV conf | infer ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    key = hashlib.sha1(repr((sorted(kwargs.items()), duration_s, seed)).encode()).hexdigest()[:12]
+    tensor_path = workdir / f"{key}.safetensors"
+    truth_path = workdir / f"{key}.truth.json"
+    if cache and tensor_path.exists() and truth_path.exists():
+        return from_bytes(tensor_path.read_bytes()), SyntheticTruth.from_json(truth_path.read_text())
+    video_path = workdir / f"{key}.mp4"
+    truth = render_face_video(video_path, duration_s=duration_s, seed=seed, **kwargs)  # type: ignore[arg-type]
+    with open_source(video_path) as source:
+        m = process(source, PreprocessConfig(source="video", include_patches=False))
+    if cache:
+        tensor_path.write_bytes(to_bytes(m))
+        truth_path.write_text(truth.to_json())
+    video_path.unlink(missing_ok=True)
+    Path(f"{video_path}.truth.json").unlink(missing_ok=True)
+    return m, truth
+
+
+def run_videos(duration_s: float, cache_dir: Path | None) -> list[VideoRun]:
+    """Render, replay and infer every case in VIDEO_CASES (seed = case index, so runs are reproducible)."""
+    runs: list[VideoRun] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, kwargs) in enumerate(VIDEO_CASES):
-            path = Path(tmp) / f"bench_{i}.mp4"
-            truth = render_face_video(path, duration_s=duration_s, seed=i, **kwargs)  # type: ignore[arg-type]
-            with VideoFileSource(str(path)) as source:
-                m = process(source, PreprocessConfig(source="video", include_patches=False))
+        workdir = cache_dir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for seed, (name, kwargs) in enumerate(VIDEO_CASES):
+            m, truth = video_measurement(name, kwargs, duration_s, seed, workdir, cache_dir is not None)
             t0 = time.perf_counter()
             try:
-                r = infer(m)
+                result, failure = infer(m), None
             except InferenceFailed as exc:
-                lines.append(f"| {name} | {truth.hr_bpm:.1f} | failed: {exc.reason} |")
-                continue
-            ms = (time.perf_counter() - t0) * 1000.0
-            v, c = r.vitals, r.quality["confidence"]
-            lines.append(
-                f"| {name} | {truth.hr_bpm:.1f} | {v['heart_rate']:.1f} | {c['heart_rate']:.2f} | "
-                f"{truth.rr_bpm:.0f} | {v['respiratory_rate']:.1f} | {c['respiratory_rate']:.2f} | "
-                f"{truth.sdnn_ms:.1f} | {v['hrv']:.1f} | {c['hrv']:.2f} | {ms:.0f} |"
-            )
-            print(lines[-1], file=sys.stderr, flush=True)
-    return lines
+                result, failure = None, exc.reason
+            runs.append(VideoRun(name, truth, result, failure, (time.perf_counter() - t0) * 1000.0))
+            print(video_row(runs[-1]), file=sys.stderr, flush=True)
+    return runs
+
+
+def video_row(run: VideoRun) -> str:
+    """Markdown row: signed errors against the truth and the per-vital confidences."""
+    if run.result is None:
+        return f"| {run.name} | failed: {run.failure} |"
+    v, c, t = run.result.vitals, run.result.quality["confidence"], run.truth
+    if t.pulse_amplitude == 0:
+        hr = f"({v['heart_rate']:.1f})"
+        sdnn = f"({v['hrv']:.0f})"
+    else:
+        hr = f"{v['heart_rate'] - t.hr_bpm:+.1f}"
+        sdnn = f"{v['hrv'] - t.sdnn_ms:+.1f}"
+    return (
+        f"| {run.name} | {t.hr_bpm:.1f} | {hr} | {c['heart_rate']:.2f} | {run.result.quality['snr_db']:.1f} | "
+        f"{t.sdnn_ms:.1f} | {sdnn} | {c['hrv']:.2f} | {t.rr_bpm:.0f} | "
+        f"{v['respiratory_rate'] - t.rr_bpm:+.1f} | {c['respiratory_rate']:.2f} | {run.infer_ms:.0f} |"
+    )
+
+
+VIDEO_HEADER = (
+    "| video | true HR | HR err | HR conf | SNR dB | true SDNN | SDNN err | HRV conf | true RR | RR err | "
+    "RR conf | infer ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds per trace case")
     parser.add_argument("--no-videos", action="store_true", help="skip the rendered-video accuracy table")
     parser.add_argument("--video-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="keep rendered tensors here and reuse them (clear it when capture/ or preprocess/ change)",
+    )
     args = parser.parse_args(argv)
 
     print("## Inference time (one thread)\n")
@@ -143,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"\n## Accuracy on replayed synthetic videos ({args.video_seconds:.0f} s, preprocess.process)\n"
         )
-        print("\n".join(video_table(args.video_seconds)))
+        print(VIDEO_HEADER)
+        print("\n".join(video_row(run) for run in run_videos(args.video_seconds, args.cache_dir)))
     return 0
 
 
