@@ -22,6 +22,7 @@ import numpy as np
 from capture.errors import VideoFileError
 from capture.frame import Frame
 from capture.source import SourceInfo
+from capture.yuv import I420Planes, YuvFrame
 
 # FFmpeg enum values (libavutil/pixfmt.h): the colour tags for which OpenCV's I420 conversion is exact.
 _COLORSPACES_BT601 = {2, 5, 6}  # unspecified, bt470bg, smpte170m
@@ -32,10 +33,47 @@ _EPS_S = 1e-6
 
 @dataclass(frozen=True, slots=True)
 class _Decoded:
-    """One decoded frame in video time (seconds since the stream's first frame)."""
+    """One decoded frame in video time (seconds since the stream's first frame): BGR, or I420 planes."""
 
-    image: np.ndarray
+    image: np.ndarray | I420Planes
     video_t_s: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as delivered."""
+        if isinstance(self.image, I420Planes):
+            return self.image.width, self.image.height
+        return int(self.image.shape[1]), int(self.image.shape[0])
+
+
+def _opencv_i420_exact(frame: av.VideoFrame) -> bool:
+    """8-bit 4:2:0, even size, BT.601 or untagged, limited range: OpenCV's I420 conversion is exact."""
+    return (
+        frame.format.name == "yuv420p"
+        and frame.width % 2 == 0
+        and frame.height % 2 == 0
+        and frame.colorspace in _COLORSPACES_BT601
+        and frame.color_range != _RANGE_JPEG
+    )
+
+
+def frame_to_planes(frame: av.VideoFrame) -> I420Planes | None:
+    """Zero-copy views of an upright I420 frame's planes, or None when it needs swscale or rotation.
+
+    The views keep the decoder's buffer alive (FFmpeg buffers are reference counted, so the decoder
+    does not reuse it), which saves the full-frame copy and BGR conversion for consumers that only read
+    parts of the frame.
+    """
+    if not _opencv_i420_exact(frame) or round(frame.rotation / 90) % 4:
+        return None
+    width, height = frame.width, frame.height
+    views = [
+        np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:plane_h, :plane_w]
+        for plane, (plane_w, plane_h) in zip(
+            frame.planes, ((width, height), (width // 2, height // 2), (width // 2, height // 2)), strict=True
+        )
+    ]
+    return I420Planes(*views)
 
 
 def frame_to_bgr(frame: av.VideoFrame) -> np.ndarray:
@@ -46,13 +84,7 @@ def frame_to_bgr(frame: av.VideoFrame) -> np.ndarray:
     applies; every other format goes through swscale, which honours the colour tags. The display matrix
     rotation (phones record portrait video as rotated landscape) is applied so the face is upright.
     """
-    if (
-        frame.format.name == "yuv420p"
-        and frame.width % 2 == 0
-        and frame.height % 2 == 0
-        and frame.colorspace in _COLORSPACES_BT601
-        and frame.color_range != _RANGE_JPEG
-    ):
+    if _opencv_i420_exact(frame):
         image = cv2.cvtColor(_i420_buffer(frame), cv2.COLOR_YUV2BGR_I420)
     else:
         image = frame.to_ndarray(format="bgr24", threads=0)
@@ -89,6 +121,10 @@ class VideoFileSource:
     stage needs strictly increasing times. The file is opened and its first frame decoded in the
     constructor, so a bad file fails at open with a message naming it. Each iteration replays the segment
     from its start.
+
+    With `yuv` (the default), frames that OpenCV converts exactly (8-bit 4:2:0 BT.601, not rotated) are
+    `capture.yuv.YuvFrame`s: `image` is still BGR but converted on first access, and the preprocessor
+    reads the decoder's planes directly, converting only what it needs. `yuv=False` converts every frame.
     """
 
     def __init__(
@@ -98,6 +134,7 @@ class VideoFileSource:
         start_s: float = 0.0,
         duration_s: float | None = None,
         realtime: bool = False,
+        yuv: bool = True,
     ) -> None:
         if start_s < 0:
             raise ValueError(f"start_s must be >= 0, got {start_s}")
@@ -107,6 +144,7 @@ class VideoFileSource:
         self.start_s = float(start_s)
         self.duration_s = duration_s
         self.realtime = realtime
+        self.yuv = yuv
         self._dropped = 0
         self._container: av.container.InputContainer | None = None
         self._check_file()
@@ -125,7 +163,7 @@ class VideoFileSource:
         self._first = first
         self._container = container
         self.offset_s = first.video_t_s
-        height, width = first.image.shape[:2]
+        width, height = first.size
         # What this replay will cover: from the first delivered frame to the file's end or the limit.
         segment_s = None if duration_s is None else float(duration_s)
         file_duration_s = _header_duration_s(container, stream)
@@ -213,7 +251,8 @@ class VideoFileSource:
             last_t_s = t_s
             if t_s < self.start_s - _EPS_S:
                 return None
-            return _Decoded(frame_to_bgr(frame), t_s)
+            planes = frame_to_planes(frame) if self.yuv else None
+            return _Decoded(planes if planes is not None else frame_to_bgr(frame), t_s)
 
         try:
             for packet in container.demux(stream):
@@ -283,7 +322,10 @@ class VideoFileSource:
                 wait_s = anchor + t_s - now
                 if wait_s > 0:
                     time.sleep(wait_s)
-            yield Frame(item.image, t_s, index)
+            if isinstance(item.image, I420Planes):
+                yield YuvFrame(t_s=t_s, index=index, planes=item.image)
+            else:
+                yield Frame(item.image, t_s, index)
             index += 1
             last_t_s = t_s
 

@@ -17,6 +17,8 @@ from typing import Final
 import numpy as np
 from numba import njit
 
+from preprocess.pixels import Pixels
+
 CR_MIN: Final = 133
 CR_MAX: Final = 173
 CB_MIN: Final = 77
@@ -117,6 +119,34 @@ def region_sums(
                     sums[region, 2] += b16
                     counts[region] += 1
     return sums, counts, stats
+
+
+def region_sums_in(
+    pixels: Pixels,
+    labels: np.ndarray,
+    x0: int,
+    y0: int,
+    fx_q8: int,
+    fy_q8: int,
+    n_regions: int,
+    use_skin_rule: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`region_sums` over a frame given as `Pixels`, converting only the mask's box to BGR.
+
+    The crop spans the mask plus the one pixel bilinear sampling reaches, clamped to the frame; the
+    kernel skips samples outside its image, so it stops exactly where the frame ends and the sums equal
+    those over the whole converted frame (tested).
+    """
+    mask_h, mask_w = labels.shape
+    cx0, cy0 = max(0, x0), max(0, y0)
+    crop = pixels.crop_bgr(x0, y0, x0 + mask_w + 1, y0 + mask_h + 1)
+    if crop.shape[0] == 0 or crop.shape[1] == 0:
+        return (
+            np.zeros((n_regions, 3), np.int64),
+            np.zeros(n_regions, np.int64),
+            np.zeros(N_STATS, np.int64),
+        )
+    return region_sums(crop, labels, x0 - cx0, y0 - cy0, fx_q8, fy_q8, n_regions, use_skin_rule)
 
 
 def region_sums_reference(

@@ -116,19 +116,20 @@ class MediaPipeFaceMesh:
         self._mesh = self._open()
 
     def _open(self) -> object:
-        """Build the graph with fd 2 silenced, and on first use run it once on a face (then on a blank
-        image, to clear the tracking state) so that its one-off log lines are printed, silenced, now."""
+        """Build the graph with fd 2 silenced and run it once before un-silencing, so its log lines land
+        in /dev/null: the model calculators open (and log) asynchronously after construction returns,
+        and a first `process` waits for them. The first time in a process the warm-up image is a face,
+        because the first landmark projection logs too; a blank image then clears the tracking state."""
         global _first_face_done
         with _quiet_fd2():
             import mediapipe as mp
 
             mesh = mp.solutions.face_mesh.FaceMesh(**self._options)
-            if not _first_face_done:
-                face = _warm_up_face_bgr()
-                if face is not None:
-                    found = mesh.process(cv2.cvtColor(face, cv2.COLOR_BGR2RGB)).multi_face_landmarks
-                    _first_face_done = bool(found)
-                    mesh.process(np.zeros((64, 64, 3), np.uint8))
+            face = None if _first_face_done else _warm_up_face_bgr()
+            if face is not None:
+                found = mesh.process(cv2.cvtColor(face, cv2.COLOR_BGR2RGB)).multi_face_landmarks
+                _first_face_done = bool(found)
+            mesh.process(np.zeros((64, 64, 3), np.uint8))
         return mesh
 
     def detect(self, image_bgr: np.ndarray) -> np.ndarray | None:

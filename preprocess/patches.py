@@ -34,14 +34,15 @@ def patch_box(
 def crop_patch(image_bgr: np.ndarray, x0: int, y0: int, side_px: int) -> np.ndarray:
     """The square crop resized to 72x72 with INTER_AREA (averaging, so no aliasing), as RGB uint8."""
     crop = image_bgr[y0 : y0 + side_px, x0 : x0 + side_px]
-    return _to_patch(crop)
+    return to_patch(crop)
 
 
 def full_frame_patch(image_bgr: np.ndarray) -> np.ndarray:
     """The whole frame resized to 72x72 RGB (full-frame mode; aspect ratio is not kept)."""
-    return _to_patch(image_bgr)
+    return to_patch(image_bgr)
 
 
-def _to_patch(crop_bgr: np.ndarray) -> np.ndarray:
+def to_patch(crop_bgr: np.ndarray) -> np.ndarray:
+    """A BGR crop resized to 72x72 with INTER_AREA, as RGB uint8."""
     small = cv2.resize(crop_bgr, (PATCH_SIZE_PX, PATCH_SIZE_PX), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(small, cv2.COLOR_BGR2RGB)

@@ -21,7 +21,8 @@ import numpy as np
 
 from capture.frame import Frame
 from preprocess import extract, patches, pulse, quality, regions
-from preprocess.face import LandmarkBackend, default_backend
+from preprocess.face import DEFAULT_MAX_INPUT_SIDE_PX, LandmarkBackend, default_backend
+from preprocess.pixels import Pixels, landmark_input_size, pixels_of
 from preprocess.quality import QualityState, QualityThresholds, QualityTooLow, QualityWarning
 from preprocess.tensor import (
     FACE_REGIONS,
@@ -140,8 +141,8 @@ class Preprocessor:
 
     def push(self, frame: Frame) -> FrameFeatures:
         """Process one frame and return what the preview shows for it."""
-        image = frame.image
-        height, width = image.shape[:2]
+        pixels = pixels_of(frame)
+        width, height = pixels.width, pixels.height
         if self.frame_size is None:
             self.frame_size = (width, height)
         elif self.frame_size != (width, height):
@@ -156,24 +157,23 @@ class Preprocessor:
                 self._intervals_s.append(frame.t_s - self._t_s[-1])
         self.frames_seen += 1
         if self._face_mode:
-            features = self._push_face(frame, width, height)
+            features = self._push_face(frame, pixels, width, height)
         else:
-            features = self._push_full_frame(frame, width, height)
+            features = self._push_full_frame(frame, pixels, width, height)
         for warning in features.warnings:
             self.warning_counts[warning.code] = self.warning_counts.get(warning.code, 0) + 1
         self._last = features
         return features
 
-    def _push_face(self, frame: Frame, width: int, height: int) -> FrameFeatures:
-        image = frame.image
+    def _push_face(self, frame: Frame, pixels: Pixels, width: int, height: int) -> FrameFeatures:
         clock = time.perf_counter
-        landmarks_ran = self._update_face(image, width, height)
+        landmarks_ran = self._update_face(pixels, width, height)
         mask, box = self._placed()
         t0 = clock()
         if mask is not None:
             fx_q8, fy_q8 = self._fraction_q8
-            sums, counts, stats = extract.region_sums(
-                image, mask.labels, mask.x0, mask.y0, fx_q8, fy_q8, len(FACE_REGIONS), True
+            sums, counts, stats = extract.region_sums_in(
+                pixels, mask.labels, mask.x0, mask.y0, fx_q8, fy_q8, len(FACE_REGIONS), True
             )
         else:
             sums = np.zeros((len(FACE_REGIONS), 3), np.int64)
@@ -183,9 +183,8 @@ class Preprocessor:
         patch = None
         if self.config.include_patches:
             if box is not None:
-                patch = patches.crop_patch(
-                    image, *patches.patch_box(box, width, height, self.config.patch_scale)
-                )
+                x0, y0, side = patches.patch_box(box, width, height, self.config.patch_scale)
+                patch = patches.to_patch(pixels.crop_bgr(x0, y0, x0 + side, y0 + side))
             else:
                 patch = np.zeros((PATCH_SIZE_PX, PATCH_SIZE_PX, 3), np.uint8)
         t2 = clock()
@@ -197,12 +196,12 @@ class Preprocessor:
             else np.full(4, np.nan, np.float32)
         )
         self._record(frame.t_s, sums, counts, box_norm, patch)
-        features = self._features(frame, image, box, mask, stats, landmarks_ran, width, height)
+        features = self._features(frame, pixels, box, mask, stats, landmarks_ran, width, height)
         self.stage_seconds["quality"] += clock() - t2
         return features
 
-    def _push_full_frame(self, frame: Frame, width: int, height: int) -> FrameFeatures:
-        image = frame.image
+    def _push_full_frame(self, frame: Frame, pixels: Pixels, width: int, height: int) -> FrameFeatures:
+        image = pixels.to_bgr()
         clock = time.perf_counter
         if self._full_mask is None:
             self._full_mask = regions.full_frame_mask(width, height)
@@ -215,11 +214,11 @@ class Preprocessor:
         self.stage_seconds["patch"] += t2 - t1
         self._record(frame.t_s, sums, counts, np.array([0.0, 0.0, 1.0, 1.0], np.float32), patch)
         box = (0.0, 0.0, float(width), float(height))
-        features = self._features(frame, image, box, self._full_mask, stats, False, width, height)
+        features = self._features(frame, pixels, box, self._full_mask, stats, False, width, height)
         self.stage_seconds["quality"] += clock() - t2
         return features
 
-    def _update_face(self, image: np.ndarray, width: int, height: int) -> bool:
+    def _update_face(self, pixels: Pixels, width: int, height: int) -> bool:
         """Track the face and run landmarks when the cadence, motion or a lost track calls for it.
 
         The region mask is drawn from an *anchor* landmark set and only moved (sub-pixel, see
@@ -235,7 +234,7 @@ class Preprocessor:
         run = self._mask is None or every_frame
         if not run:
             t0 = clock()
-            shift = self._tracker.update(image)
+            shift = self._tracker.update(pixels)
             self.stage_seconds["tracking"] += clock() - t0
             assert self._base_box is not None
             if shift is None:
@@ -255,7 +254,7 @@ class Preprocessor:
             self._place()
             return False
         t0 = clock()
-        landmarks = self._backend.detect(image) if self._backend is not None else None
+        landmarks = self._landmarks(pixels, width, height)
         t1 = clock()
         self.stage_seconds["landmarks"] += t1 - t0
         self.landmark_runs += 1
@@ -286,11 +285,21 @@ class Preprocessor:
             box = self._base_box
             assert box is not None
             moved_box = (box[0] + self._offset[0], box[1] + self._offset[1], box[2], box[3])
-            self._tracker.start(image, landmarks, moved_box)
+            self._tracker.start(pixels, landmarks, moved_box)
         t3 = clock()
         self.stage_seconds["masks"] += t2 - t1
         self.stage_seconds["tracking"] += t3 - t2
         return True
+
+    def _landmarks(self, pixels: Pixels, width: int, height: int) -> np.ndarray | None:
+        """Landmarks in frame pixels, from a <= 640 px copy (all the model can use, and cheap from I420)."""
+        if self._backend is None:
+            return None
+        small_w, small_h = landmark_input_size(width, height, DEFAULT_MAX_INPUT_SIDE_PX)
+        landmarks = self._backend.detect(pixels.small_bgr(small_w, small_h))
+        if landmarks is None or (small_w, small_h) == (width, height):
+            return landmarks
+        return landmarks * np.array([width / small_w, height / small_h], np.float32)
 
     def _anchor_translation(self, landmarks: np.ndarray) -> tuple[float, float] | None:
         """How far the face moved since the anchor, or None when it changed shape (mask must be redrawn)."""
@@ -338,7 +347,7 @@ class Preprocessor:
     def _features(
         self,
         frame: Frame,
-        image: np.ndarray,
+        pixels: Pixels,
         box: tuple[float, float, float, float] | None,
         mask: regions.RegionMask | None,
         stats: np.ndarray | None,
@@ -353,7 +362,7 @@ class Preprocessor:
         else:
             # No face: judge the whole frame from a sparse sample (a few thousand pixels is plenty).
             step = max(1, int(math.sqrt(width * height / 4096)))
-            sample = image[::step, ::step].reshape(-1, 3).astype(np.float32)
+            sample = pixels.sample_bgr(step)
             brightness = float((sample @ np.array([0.114, 0.587, 0.299], np.float32)).mean())
             clipped = float((sample >= extract.CLIP_LEVEL).any(axis=1).mean())
         face_present = box is not None and self._face_mode

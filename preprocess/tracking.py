@@ -12,6 +12,8 @@ from typing import Final
 import cv2
 import numpy as np
 
+from preprocess.pixels import Pixels
+
 # Points that move with the head rather than with expressions: forehead centre and sides, nose bridge
 # and tip, inner and outer eye corners, cheekbones, chin.
 TRACK_POINTS: Final = (10, 151, 9, 8, 6, 197, 195, 5, 4, 1, 33, 133, 362, 263, 116, 345, 152, 234, 454, 199)
@@ -39,9 +41,9 @@ class FaceTracker:
         self._pts: np.ndarray | None = None
         self._alive: np.ndarray | None = None
 
-    def start(self, image_bgr: np.ndarray, landmarks: np.ndarray, box_px: tuple[float, ...]) -> None:
+    def start(self, pixels: Pixels, landmarks: np.ndarray, box_px: tuple[float, ...]) -> None:
         """Begin tracking from a landmark run on this frame."""
-        height, width = image_bgr.shape[:2]
+        height, width = pixels.height, pixels.width
         x, y, w, h = box_px
         margin_x, margin_y = 0.3 * w, 0.3 * h
         x0, y0 = max(0, int(x - margin_x)), max(0, int(y - margin_y))
@@ -51,27 +53,28 @@ class FaceTracker:
             return
         self._rect = (x0, y0, x1, y1)
         self._scale = min(1.0, TRACK_WIDTH_PX / (x1 - x0))
-        self._prev = self._grey(image_bgr)
+        self._prev = self._grey(pixels)
         pts = (landmarks[list(TRACK_POINTS)] - np.array([x0, y0], np.float32)) * self._scale
         self._start_pts = pts.astype(np.float32).reshape(-1, 1, 2)
         self._pts = self._start_pts.copy()
         self._alive = np.ones(len(TRACK_POINTS), bool)
 
-    def _grey(self, image_bgr: np.ndarray) -> np.ndarray:
+    def _grey(self, pixels: Pixels) -> np.ndarray:
+        """The tracked area in grey at tracking scale (the Y plane itself for I420 frames)."""
         assert self._rect is not None
         x0, y0, x1, y1 = self._rect
-        crop = image_bgr[y0:y1, x0:x1]
+        grey = pixels.grey_crop(x0, y0, x1, y1)
         if self._scale < 1.0:
             size = (max(8, round((x1 - x0) * self._scale)), max(8, round((y1 - y0) * self._scale)))
-            crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-        return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        return grey
 
-    def update(self, image_bgr: np.ndarray) -> tuple[float, float] | None:
+    def update(self, pixels: Pixels) -> tuple[float, float] | None:
         """Face shift in frame pixels since `start`, or None when the track is lost."""
         if self._rect is None or self._prev is None or self._pts is None:
             return None
         assert self._start_pts is not None and self._alive is not None
-        grey = self._grey(image_bgr)
+        grey = self._grey(pixels)
         pts, status, _err = cv2.calcOpticalFlowPyrLK(self._prev, grey, self._pts, None, **_LK_PARAMS)
         self._prev = grey
         self._alive &= status.reshape(-1) == 1

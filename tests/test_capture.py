@@ -5,6 +5,8 @@ Every video is generated here with PyAV so that the timestamps written are known
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import threading
 import time
 from fractions import Fraction
@@ -28,9 +30,11 @@ from capture import (
     open_source,
 )
 from capture.camera import backend_timestamp_trustworthy
+from capture.frame import Frame
 from capture.preview import PROGRESS_BGR, Overlay, draw_overlay, open_preview
 from capture.source import classify_spec
 from capture.video import frame_to_bgr
+from capture.yuv import YuvFrame
 
 
 def marker_image(index: int, width: int, height: int) -> np.ndarray:
@@ -559,3 +563,42 @@ def test_fast_yuv420_conversion_matches_pyav_planes_with_row_padding(tmp_path: P
         assert frame.planes[0].line_size > frame.width  # the case under test: rows carry padding
         expected = cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
         assert np.array_equal(frame_to_bgr(frame), expected)
+
+
+def test_replay_frames_carry_i420_planes_and_convert_lazily(tmp_path: Path) -> None:
+    """Replay frames keep the decoder's planes; `image` is still the exact BGR and crops match it."""
+    path = tmp_path / "planes.mp4"
+    write_video(path, n_frames=3, width=102, height=70, image_fn=noise_image)
+    with VideoFileSource(path) as source:
+        frames = list(source)
+    with VideoFileSource(path, yuv=False) as source:
+        eager = list(source)
+    assert all(isinstance(f, YuvFrame) and f.planes is not None for f in frames)
+    assert not any(isinstance(f, YuvFrame) for f in eager)
+    frame = frames[1]
+    np.testing.assert_array_equal(frame.image, eager[1].image)
+    assert frame.image is frame.image  # converted once
+    planes = frame.planes
+    for x0, y0, x1, y1 in [
+        (0, 0, 102, 70),
+        (3, 5, 51, 41),
+        (1, 1, 2, 2),
+        (-5, -5, 200, 200),
+        (99, 67, 110, 90),
+    ]:
+        expected = frame.image[max(0, y0) : y1, max(0, x0) : x1]
+        np.testing.assert_array_equal(planes.crop_bgr(x0, y0, x1, y1), expected)
+    np.testing.assert_array_equal(planes.grey_crop(2, 3, 40, 30), planes.y[3:30, 2:40])
+    assert planes.small_bgr(51, 35).shape == (34, 50, 3)
+    back = pickle.loads(pickle.dumps(frame))
+    assert type(back) is Frame and back.t_s == frame.t_s and np.array_equal(back.image, frame.image)
+    moved = dataclasses.replace(frame, t_s=9.0)
+    assert moved.t_s == 9.0 and np.array_equal(moved.image, frame.image)
+
+
+def test_rotated_replay_frames_are_converted_upright_bgr(tmp_path: Path) -> None:
+    path = tmp_path / "rotated_planes.mp4"
+    write_video(path, n_frames=2, width=64, height=48, rotation=90)
+    with VideoFileSource(path) as source:
+        frames = list(source)
+    assert not any(isinstance(f, YuvFrame) for f in frames) and frames[0].image.shape == (64, 48, 3)

@@ -13,7 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
+from capture import VideoFileSource
 from capture.frame import Frame
+from capture.yuv import I420Planes, YuvFrame, yuv_to_bgr_bt601
 from preprocess import (
     PreprocessConfig,
     Preprocessor,
@@ -136,6 +138,61 @@ def test_numba_kernel_matches_numpy_reference(seed):
     assert extract.region_sums(image, labels, 0, 0, 0, 0, 4, True)[1].sum() > 0
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_sums_from_i420_planes_equal_sums_from_the_bgr_frame(seed):
+    """Replay frames keep the decoder's I420 planes and only the mask's box is converted: the sums must
+    be exactly those over the fully converted frame, and the means those of the BT.601 formula."""
+    rng = np.random.default_rng(100 + seed)
+    height, width = 2 * int(rng.integers(30, 90)), 2 * int(rng.integers(30, 90))
+    bgr = np.clip(rng.normal((120, 150, 200), 30, (height, width, 3)), 0, 255).astype(np.uint8)
+    bgr = cv2.GaussianBlur(bgr, (5, 5), 0)  # smooth like a face, so 4:2:0 chroma is representative
+    i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+    quarter = (height // 2) * (width // 2)
+    chroma = i420[height:].reshape(-1)
+    planes = I420Planes(
+        i420[:height],
+        chroma[:quarter].reshape(height // 2, width // 2),
+        chroma[quarter:].reshape(height // 2, width // 2),
+    )
+    frame = YuvFrame(t_s=0.0, index=0, planes=planes)
+    full = frame.image
+    np.testing.assert_array_equal(full, cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420))
+    # Per-pixel BT.601 reference (chroma repeated over its 2x2 block), in float.
+    reference_bgr = yuv_to_bgr_bt601(
+        planes.y, *(np.repeat(np.repeat(c, 2, axis=0), 2, axis=1) for c in (planes.u, planes.v))
+    )
+    mask_h, mask_w = int(rng.integers(10, height)), int(rng.integers(10, width))
+    labels = np.zeros((mask_h, mask_w), np.uint8)
+    for bit in range(4):
+        polygon = rng.integers(-10, max(mask_h, mask_w) + 10, (int(rng.integers(3, 9)), 2)).astype(np.int32)
+        plane = np.zeros_like(labels)
+        cv2.fillPoly(plane, [polygon], 1 << bit)
+        labels |= plane
+    placements = [(0, 0), (3, 5), (-mask_w // 2, -mask_h // 3), (width - mask_w // 2, height - mask_h // 2)]
+    for x0, y0 in placements:
+        for fx, fy in [(0, 0), (200, 31)]:
+            from_planes = extract.region_sums_in(planes, labels, x0, y0, fx, fy, 4, True)
+            from_bgr = extract.region_sums(full, labels, x0, y0, fx, fy, 4, True)
+            for a, b in zip(from_planes, from_bgr, strict=True):
+                np.testing.assert_array_equal(a, b)
+            # Means agree with the float formula within OpenCV's fixed-point rounding.
+            sums, counts, _ = from_planes
+            if fx == 0 and fy == 0:
+                means = extract.means_from_sums(sums, counts)
+                lab = labels[max(0, -y0) :, max(0, -x0) :]
+                for r in range(4):
+                    if counts[r] > 50:
+                        region = np.zeros((height, width), bool)
+                        h = min(lab.shape[0], height - max(0, y0))
+                        w = min(lab.shape[1], width - max(0, x0))
+                        region[max(0, y0) : max(0, y0) + h, max(0, x0) : max(0, x0) + w] = (
+                            (lab[:h, :w] >> r) & 1
+                        ) == 1
+                        rgb_float = reference_bgr[region][:, ::-1].mean(axis=0)
+                        # Skin-rule borderline pixels may flip; the mean moves far less than a level.
+                        np.testing.assert_allclose(means[r], rgb_float, atol=1.0)
+
+
 def test_kernel_skin_rule_drops_clipped_dark_and_non_skin_pixels():
     image = np.zeros((1, 4, 3), np.uint8)
     image[0, 0] = (120, 150, 200)  # skin (BGR)
@@ -190,10 +247,17 @@ def test_patch_box_is_square_snapped_and_inside_the_frame(box, size):
 
 @pytest.fixture(scope="module")
 def face_runs(face_video):
-    """The 30 s face video through the live API (default cadence) and through process() every frame."""
+    """The 30 s face video through the live API (default cadence) and through process() every frame.
+
+    The cadence run reads capture's replay source, whose frames carry the decoder's I420 planes (only
+    crops are converted); the every-frame run gets plain BGR frames. So the cadence-vs-every-frame
+    correlations below also bound what reading I420 instead of BGR changes in the traces.
+    """
     path, truth = face_video
     pre = Preprocessor(PreprocessConfig(source="video"))
-    features = [pre.push(frame) for frame in decode(path)]
+    with VideoFileSource(path) as source:
+        features = [pre.push(frame) for frame in source]
+    assert all(isinstance(f, YuvFrame) for f in VideoFileSource(path))
     cadence = pre.finish()
     runs, frames_seen = pre.landmark_runs, pre.frames_seen
     pre.close()
@@ -224,7 +288,7 @@ def test_each_region_trace_carries_the_injected_pulse(face_runs):
 def test_landmark_cadence_costs_no_signal(face_runs):
     _, cadence, every, _, landmark_share = face_runs
     assert landmark_share < 0.25  # landmarks ran on under a quarter of the frames
-    np.testing.assert_array_equal(cadence.t_s, every.t_s)
+    np.testing.assert_allclose(cadence.t_s, every.t_s, rtol=0, atol=1e-9)  # pts*tb vs (pts-origin)*tb
     for r, name in enumerate(FACE_REGIONS):
         a = bandpassed_pos(cadence.t_s, cadence.rgb[:, r])
         b = bandpassed_pos(every.t_s, every.rgb[:, r])
@@ -249,7 +313,7 @@ def test_tensor_round_trips_with_real_timestamps(face_runs, face_video):
     assert back.meta.sdk.startswith("vitalcam/")
     with av.open(str(path)) as container:
         pts = np.array([frame.time for frame in container.decode(video=0)])
-    np.testing.assert_array_equal(back.t_s, pts)
+    np.testing.assert_allclose(back.t_s, pts, rtol=0, atol=1e-9)
     np.testing.assert_allclose(back.fps, truth.fps, rtol=1e-3)
     # The face box covers the astronaut's face (upper middle of the frame) and patches show it.
     x, y, w, h = np.nanmedian(back.face_box, axis=0)
