@@ -243,3 +243,16 @@ def test_ctrl_c_during_capture_exits_130_and_writes_nothing(face_video, env, tmp
     assert not report.exists()
     assert not outbox.exists() or not any(outbox.iterdir())
     assert not list(tmp_path.glob(".report-*"))
+
+
+def test_measurement_too_long_for_patches_is_sent_as_traces_not_lost() -> None:
+    from tests.tensors import make_measurement
+    from vitalcam.session import _serialise
+
+    long_one = make_measurement(duration_s=170.0, patches=True)  # 5100 patches ~ 79 MB > 64 MiB
+    payload, sent, note = _serialise(long_one)
+    assert sent.patches is None and "patches left out" in note
+    assert len(payload) < 1_000_000
+    short_one = make_measurement(duration_s=20.0, patches=True)
+    payload, sent, note = _serialise(short_one)
+    assert sent.patches is not None and note == ""

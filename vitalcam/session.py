@@ -234,13 +234,30 @@ def _show(
         raise Cancelled("cancelled from the preview window")
 
 
+def _serialise(measurement: Measurement) -> tuple[bytes, Measurement, str]:
+    """The payload; a measurement too long to carry its patches is sent as traces rather than lost."""
+    import dataclasses
+
+    from preprocess.tensor import MAX_PAYLOAD_BYTES, TensorFormatError, to_bytes
+
+    try:
+        return to_bytes(measurement), measurement, ""
+    except TensorFormatError as exc:
+        if exc.field != "payload" or measurement.patches is None:
+            raise
+    traces_only = dataclasses.replace(measurement, patches=None)
+    note = f"face patches left out: with them the tensor exceeds {MAX_PAYLOAD_BYTES // 2**20} MiB"
+    return to_bytes(traces_only), traces_only, note
+
+
 def _send(
     measurement: Measurement, timeline: QualityTimeline, options: MeasureOptions, dropped: int
 ) -> Iterator[Event]:
-    from preprocess.tensor import to_bytes
     from transport import Demographics, Outbox, SessionClient
 
-    payload = to_bytes(measurement)
+    payload, measurement, note = _serialise(measurement)
+    if note:
+        yield Event(Phase.UPLOADING, 0.0, message=note)
     with contextlib.ExitStack() as stack:
         api_url, api_key, embedded = options.api_url, options.api_key, False
         if api_url is None:
