@@ -229,36 +229,36 @@ def run_measurement(
     from vitalcam.console import print_result, progress_printer
     from vitalcam.session import Cancelled, NotReady, measure
 
+    # Checked in order: CameraNotFound is a CaptureError, so it must come first.
+    failures: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
+        (Cancelled, EXIT_CANCELLED, "cancelled:"),
+        (CameraNotFound, EXIT_NO_CAMERA, "[red]no camera:[/red]"),
+        ((QualityTooLow, NotReady), EXIT_QUALITY, "[red]not enough usable signal:[/red]"),
+        (
+            (CaptureError, TensorFormatError, FileNotFoundError),
+            EXIT_USAGE,
+            "[red]cannot read the input:[/red]",
+        ),
+        (VitalcamError, EXIT_SERVER, "[red]server or network failure:[/red]"),
+    )
     console = _console(stderr=json_output)
     printer = progress_printer(console)
     try:
         outcome = measure(options, on_event=printer)
-    except Cancelled as exc:
+    except Exception as exc:
+        code, label = next(((c, lab) for types, c, lab in failures if isinstance(exc, types)), (None, ""))
+        if code is None:
+            raise
         printer.close()
-        console.print(f"cancelled: {exc}")
-        return EXIT_CANCELLED, None
-    except CameraNotFound as exc:
-        printer.close()
-        console.print(f"[red]no camera:[/red] {exc}")
-        return EXIT_NO_CAMERA, None
-    except (QualityTooLow, NotReady) as exc:
-        printer.close()
-        console.print(f"[red]not enough usable signal:[/red] {exc}")
-        return EXIT_QUALITY, None
-    except (CaptureError, TensorFormatError, FileNotFoundError) as exc:
-        printer.close()
-        console.print(f"[red]cannot read the input:[/red] {exc}")
-        return EXIT_USAGE, None
-    except VitalcamError as exc:
-        printer.close()
-        console.print(f"[red]server or network failure:[/red] {exc}")
+        console.print(f"{label} {exc}")
         outbox_path = getattr(exc, "outbox_path", None)
         if outbox_path:
             console.print(
                 f"The measurement is kept at {outbox_path}; run `vitalcam retry` to upload it again."
             )
-        return EXIT_SERVER, None
-    printer.close()
+        return code, None
+    finally:
+        printer.close()
     if json_output:
         print(json.dumps(outcome.result.raw, indent=2))
     else:
