@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -166,7 +165,3 @@ def print_result(console: Console, outcome: Outcome) -> None:
         console.print(f"Server processing time {result.processing_time_ms:.0f} ms.")
     where = "embedded reference backend" if outcome.embedded else outcome.api_url
     console.print(f"[dim]Backend: {where}[/dim]")
-
-
-def elapsed(since: float) -> str:
-    return f"{time.monotonic() - since:.1f} s"
