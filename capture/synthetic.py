@@ -50,28 +50,51 @@ class SyntheticTruth:
 
 
 def beat_times(
-    duration_s: float, hr_bpm: float, rr_bpm: float, sdnn_ms: float, rng: np.random.Generator
+    duration_s: float,
+    hr_bpm: float,
+    rr_bpm: float,
+    sdnn_ms: float,
+    rng: np.random.Generator,
+    *,
+    margin_s: float = 1.0,
 ) -> np.ndarray:
-    """Beat onsets whose intervals have respiratory sinus arrhythmia plus random variation."""
+    """Beat onsets whose intervals have respiratory sinus arrhythmia plus random variation.
+
+    They run from `margin_s` before 0 (mid-rhythm rather than on a beat) to at least `margin_s` past
+    `duration_s`.
+    """
     mean_ibi_s = 60.0 / hr_bpm
     times = [0.0]
     # RSA takes about half of the variability, white beat-to-beat jitter the rest.
     rsa_s = 0.7 * sdnn_ms / 1000.0
     jitter_s = 0.7 * sdnn_ms / 1000.0
-    while times[-1] < duration_s + 2.0:
+    while times[-1] < duration_s + 2 * margin_s:
         t = times[-1]
         ibi_s = mean_ibi_s + rsa_s * math.sin(2 * math.pi * rr_bpm / 60.0 * t) + rng.normal(0.0, jitter_s)
         times.append(t + max(0.3, ibi_s))
-    return np.asarray(times) - 1.0  # start mid-rhythm rather than on a beat
+    return np.asarray(times) - margin_s
 
 
-def pulse_waveform(t_s: np.ndarray, beats_s: np.ndarray) -> np.ndarray:
-    """A PPG-like pulse (systolic wave plus a smaller diastolic wave per beat), zero mean, peak-to-peak 1."""
+def interval_stats(beats_s: np.ndarray) -> tuple[float, float, float]:
+    """HR (bpm), SDNN and RMSSD (ms) of the intervals between consecutive beats, as ground truth states them."""
+    intervals_ms = np.diff(beats_s) * 1000.0
+    return (
+        60000.0 / float(intervals_ms.mean()),
+        float(intervals_ms.std(ddof=1)),
+        float(np.sqrt(np.mean(np.diff(intervals_ms) ** 2))),
+    )
+
+
+def pulse_waveform(
+    t_s: np.ndarray, beats_s: np.ndarray, *, dicrotic: float = 0.45, dicrotic_phase: float = 0.55
+) -> np.ndarray:
+    """A PPG-like pulse, zero mean, peak-to-peak 1: per beat a systolic wave at 25 % of the interval plus a
+    diastolic wave `dicrotic` as high at `dicrotic_phase` of it."""
     wave = np.zeros_like(t_s)
     for onset, following in itertools.pairwise(beats_s):
         ibi = following - onset
         wave += np.exp(-0.5 * ((t_s - onset - 0.25 * ibi) / (0.09 * ibi)) ** 2)
-        wave += 0.45 * np.exp(-0.5 * ((t_s - onset - 0.55 * ibi) / (0.12 * ibi)) ** 2)
+        wave += dicrotic * np.exp(-0.5 * ((t_s - onset - dicrotic_phase * ibi) / (0.12 * ibi)) ** 2)
     wave -= wave.mean()
     return wave / max(float(np.ptp(wave)), 1e-9)
 
@@ -167,13 +190,14 @@ def render_face_video(
     sway -= sway.mean(axis=0)
     sway *= sway_px / max(float(np.abs(sway).max()), 1e-9)
 
-    intervals_ms = np.diff(beats[(beats >= 0) & (beats <= duration_s)]) * 1000.0
+    in_window = beats[(beats >= 0) & (beats <= duration_s)]
+    true_hr, true_sdnn, true_rmssd = interval_stats(in_window)
     truth = SyntheticTruth(
-        hr_bpm=60000.0 / float(intervals_ms.mean()),
+        hr_bpm=true_hr,
         rr_bpm=rr_bpm,
-        sdnn_ms=float(intervals_ms.std(ddof=1)),
-        rmssd_ms=float(np.sqrt(np.mean(np.diff(intervals_ms) ** 2))),
-        beat_times_s=tuple(float(b) for b in beats if 0 <= b <= duration_s),
+        sdnn_ms=true_sdnn,
+        rmssd_ms=true_rmssd,
+        beat_times_s=tuple(float(b) for b in in_window),
         fps=fps,
         duration_s=n_frames / fps,
         width=width,

@@ -5,17 +5,18 @@ Skin model (Wang et al. 2017, section II): each region's mean colour is its skin
 grows as the region shrinks. Breathing enters three ways (baseline intensity, pulse amplitude, beat
 intervals via respiratory sinus arrhythmia) and as vertical head motion; optional periodic head motion
 adds a specular artefact at its own rate. Timing defects (jitter, dropped frames, face-lost gaps) are
-applied last, as a camera would. The beat model matches capture/synthetic.py so both agree on SDNN.
+applied last, as a camera would. The beats, pulse wave and truth statistics are capture/synthetic.py's, so
+both simulators agree on HR and HRV.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from capture.synthetic import beat_times, interval_stats, pulse_waveform
 from preprocess.tensor import FACE_REGIONS, Measurement, TensorMetadata
 
 # Blood-volume-pulse signature of skin, normalised to green (de Haan & van Leest 2014: ~[0.33, 0.77, 0.53]).
@@ -39,34 +40,6 @@ class TraceTruth:
     sdnn_ms: float
     rmssd_ms: float
     beat_times_s: np.ndarray
-
-
-def beat_times(
-    duration_s: float, hr_bpm: float, rr_bpm: float, sdnn_ms: float, rng: np.random.Generator
-) -> np.ndarray:
-    """Beat times with respiratory sinus arrhythmia plus white jitter (same model as capture.synthetic)."""
-    mean_ibi_s = 60.0 / hr_bpm
-    times = [0.0]
-    rsa_s = 0.7 * sdnn_ms / 1000.0
-    jitter_s = 0.7 * sdnn_ms / 1000.0
-    while times[-1] < duration_s + 3.0:
-        t = times[-1]
-        ibi_s = mean_ibi_s + rsa_s * math.sin(2 * math.pi * rr_bpm / 60.0 * t) + rng.normal(0.0, jitter_s)
-        times.append(t + max(0.3, ibi_s))
-    return np.asarray(times) - 1.5
-
-
-def pulse_wave(t_s: np.ndarray, beats_s: np.ndarray, dicrotic: float, dicrotic_phase: float) -> np.ndarray:
-    """PPG-like blood volume: systolic wave at 25 % of the interval plus a diastolic wave, 0..1 scale."""
-    wave = np.zeros_like(t_s)
-    for onset, following in itertools.pairwise(beats_s):
-        ibi = following - onset
-        near = np.abs(t_s - onset - 0.5 * ibi) < 1.5 * ibi
-        tt = t_s[near] - onset
-        wave[near] += np.exp(-0.5 * ((tt - 0.25 * ibi) / (0.09 * ibi)) ** 2)
-        wave[near] += dicrotic * np.exp(-0.5 * ((tt - dicrotic_phase * ibi) / (0.12 * ibi)) ** 2)
-    wave -= wave.mean()
-    return wave / max(float(np.ptp(wave)), 1e-9)
 
 
 def simulate(
@@ -107,8 +80,11 @@ def simulate(
         t = t + rng.normal(0.0, jitter_ms / 1000.0, n)
         t = np.maximum.accumulate(t)
         t = t + np.arange(n) * 1e-6  # keep strictly increasing
-    beats = beat_times(duration_s, hr_bpm, rr_bpm, sdnn_ms, rng)
-    pulse = pulse_wave(t, beats, dicrotic, dicrotic_phase) if with_pulse else np.zeros(n)
+    beats = beat_times(duration_s, hr_bpm, rr_bpm, sdnn_ms, rng, margin_s=1.5)
+    if with_pulse:
+        pulse = pulse_waveform(t, beats, dicrotic=dicrotic, dicrotic_phase=dicrotic_phase)
+    else:
+        pulse = np.zeros(n)
     breath = np.sin(2 * math.pi * rr_bpm / 60.0 * t + rng.uniform(0, 2 * math.pi))
 
     # Slow sway: smoothed random walk scaled to +-sway; breathing lifts the head; optional head bob.
@@ -161,14 +137,10 @@ def simulate(
         keep &= ~((t >= start) & (t < end))
     keep[0] = keep[-1] = True
 
-    in_window = (beats >= 0) & (beats <= duration_s)
-    intervals_ms = np.diff(beats[in_window]) * 1000.0
+    in_window = beats[(beats >= 0) & (beats <= duration_s)]
+    true_hr, true_sdnn, true_rmssd = interval_stats(in_window)
     truth = TraceTruth(
-        hr_bpm=60000.0 / float(intervals_ms.mean()),
-        rr_bpm=rr_bpm,
-        sdnn_ms=float(intervals_ms.std(ddof=1)),
-        rmssd_ms=float(np.sqrt(np.mean(np.diff(intervals_ms) ** 2))),
-        beat_times_s=beats[in_window],
+        hr_bpm=true_hr, rr_bpm=rr_bpm, sdnn_ms=true_sdnn, rmssd_ms=true_rmssd, beat_times_s=in_window
     )
     rgb = np.where(np.isnan(rgb), np.nan, np.clip(rgb, 0.0, 255.0))
     m = Measurement(
