@@ -32,10 +32,17 @@ def _camera_spec(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-def _positive(text: str) -> float:
+MIN_DURATION_S = 15.0  # the least the server's inference accepts as usable signal
+MAX_DURATION_S = 180.0  # the tensor format's limit
+
+
+def _duration(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not MIN_DURATION_S <= value <= MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(
+            f"must be {MIN_DURATION_S:g}..{MAX_DURATION_S:g} s (the least inference needs, the most a tensor holds),"
+            f" got {text}"
+        )
     return value
 
 
@@ -77,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--duration",
-        type=_positive,
+        type=_duration,
         default=None,
         metavar="S",
-        help="seconds to capture (default 30 for a camera; the whole video, up to 180 s, for --video)",
+        help="seconds to capture, 15..180 (default 30 for a camera; the whole video, up to 180 s, for --video)",
     )
     m.add_argument("--age", type=int, help="age in years (1..120), improves the blood-pressure prior")
     m.add_argument("--sex", choices=["M", "F", "X"], help="sex, improves the blood-pressure prior")
@@ -205,7 +212,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     options = MeasureOptions(
         source=args.video if replay else args.camera,
         replay=replay,
-        duration_s=args.duration if args.duration is not None else (None if replay else 30.0),
+        duration_s=args.duration if args.duration is not None else (MAX_DURATION_S if replay else 30.0),
         demographics=demographics or None,
         api_url=args.api_url,
         api_key=args.api_key,
