@@ -1,13 +1,15 @@
-"""Shared fixtures: synthetic face videos with known vitals, rendered once per test session."""
+"""Shared fixtures: synthetic face videos with known vitals, rendered once per test session, and a fault
+proxy in front of a transport test module's reference server."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from capture.synthetic import SyntheticTruth, render_face_video
+from tests.fault_proxy import Backend, FaultProxy
 
 RenderedVideo = tuple[Path, SyntheticTruth]
 
@@ -32,3 +34,10 @@ def render_video(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Rend
 def face_video(render_video: Callable[..., RenderedVideo]) -> RenderedVideo:
     """30 s, 640x480, 30 fps astronaut face: HR about 72 bpm, RR 15 breaths/min, SDNN about 36 ms."""
     return render_video(duration_s=30.0)
+
+
+@pytest.fixture
+def proxy(server: Backend) -> Iterator[FaultProxy]:
+    """A fresh fault proxy in front of the `server` fixture (a `tests.fault_proxy.Backend`) the module defines."""
+    with FaultProxy(server.base_url) as p:
+        yield p

@@ -58,12 +58,6 @@ def payload() -> bytes:
 
 
 @pytest.fixture
-def proxy(server: Backend) -> Iterator[FaultProxy]:
-    with FaultProxy(server.base_url) as p:
-        yield p
-
-
-@pytest.fixture
 def client(proxy: FaultProxy, server: Backend) -> Iterator[SessionClient]:
     with SessionClient(proxy.url, server.api_key, retry=FAST, timeout_s=10, poll_interval_s=0.05) as c:
         yield c

@@ -45,12 +45,6 @@ def payload() -> bytes:
     return make_payload(duration_s=8.0, seed=5)
 
 
-@pytest.fixture
-def proxy(server: Backend) -> Iterator[FaultProxy]:
-    with FaultProxy(server.base_url) as p:
-        yield p
-
-
 def both(
     proxy: FaultProxy,
     server: Backend,

@@ -56,12 +56,6 @@ def server(request: pytest.FixtureRequest) -> Iterator[Backend]:
         yield b
 
 
-@pytest.fixture
-def proxy(server: Backend) -> Iterator[FaultProxy]:
-    with FaultProxy(server.base_url) as p:
-        yield p
-
-
 def make_client(proxy: FaultProxy, server: Backend, **kwargs: Any) -> SessionClient:
     options: dict[str, Any] = {"retry": FAST, "timeout_s": 5, "poll_interval_s": 0.05, "poll_timeout_s": 10}
     return SessionClient(proxy.url, server.api_key, **(options | kwargs))
