@@ -7,7 +7,7 @@ rate phone videos would be mistimed by index/fps) and a decode error must be tol
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -255,18 +255,11 @@ class VideoFileSource:
             return _Decoded(planes if planes is not None else frame_to_bgr(frame), t_s)
 
         try:
-            for packet in container.demux(stream):
-                for frame in stream.decode(packet):
-                    item = convert(frame)
-                    if item is None:
-                        continue
-                    if end_s is not None and item.video_t_s >= end_s - _EPS_S:
-                        return
-                    yield item
+            frames = (frame for packet in container.demux(stream) for frame in stream.decode(packet))
+            yield from _segment(frames, convert, end_s)
         except av.error.FFmpegError as err:
             # Frames already inside the decoder precede the damage: deliver them, then report.
-            for item in self._drain(stream, convert, end_s):
-                yield item
+            yield from self._drain(stream, convert, end_s)
             where = "before the first frame" if last_t_s is None else f"after {last_t_s:.3f} s"
             raise VideoFileError(
                 str(self.path), f"corrupt or truncated: decoding failed {where} ({err.strerror})"
@@ -288,13 +281,7 @@ class VideoFileSource:
             frames = list(stream.decode(None))
         except av.error.FFmpegError:
             return
-        for frame in frames:
-            item = convert(frame)
-            if item is None:
-                continue
-            if end_s is not None and item.video_t_s >= end_s - _EPS_S:
-                return
-            yield item
+        yield from _segment(frames, convert, end_s)
 
     def __iter__(self) -> Iterator[Frame]:
         if self._primed is not None:
@@ -345,6 +332,19 @@ class VideoFileSource:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _segment(
+    frames: Iterable[av.VideoFrame], convert: Callable[[av.VideoFrame], _Decoded | None], end_s: float | None
+) -> Iterator[_Decoded]:
+    """The converted frames that fall in the segment, up to (not including) the first at or past `end_s`."""
+    for frame in frames:
+        item = convert(frame)
+        if item is None:
+            continue
+        if end_s is not None and item.video_t_s >= end_s - _EPS_S:
+            return
+        yield item
 
 
 def _prepend(first: _Decoded, rest: Iterator[_Decoded]) -> Iterator[_Decoded]:
