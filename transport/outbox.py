@@ -22,7 +22,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,16 +121,7 @@ class Outbox:
 
     def record_failure(self, item: OutboxItem, error: BaseException) -> OutboxItem:
         """Count a failed replay and remember why, keeping the payload for the next one."""
-        updated = OutboxItem(
-            id=item.id,
-            payload_path=item.payload_path,
-            sidecar_path=item.sidecar_path,
-            created_at=item.created_at,
-            api_url=item.api_url,
-            demographics=item.demographics,
-            attempts=item.attempts + 1,
-            last_error=error_summary(error),
-        )
+        updated = replace(item, attempts=item.attempts + 1, last_error=error_summary(error))
         self._write_sidecar(updated)
         return updated
 
