@@ -77,6 +77,17 @@ def bandpassed_pos(t_s: np.ndarray, rgb: np.ndarray) -> np.ndarray:
 # -- import hygiene ------------------------------------------------------------------------------------
 
 
+def random_labels(rng: np.random.Generator, height: int, width: int, overhang: int) -> np.ndarray:
+    """A 4-region bit mask of random overlapping polygons whose vertices reach `overhang` px past the edges."""
+    labels = np.zeros((height, width), np.uint8)
+    for bit in range(4):
+        polygon = rng.integers(-overhang, max(height, width) + overhang, (int(rng.integers(3, 9)), 2))
+        plane = np.zeros_like(labels)
+        cv2.fillPoly(plane, [polygon.astype(np.int32)], 1 << bit)
+        labels |= plane
+    return labels
+
+
 def test_tensor_and_package_import_without_heavy_modules():
     code = (
         "import sys, preprocess, preprocess.tensor\n"
@@ -121,12 +132,7 @@ def test_numba_kernel_matches_numpy_reference(seed):
     image[rng.random((height, width)) < 0.05] = 255
     image[rng.random((height, width)) < 0.05] = 5
     mask_h, mask_w = int(rng.integers(10, 120)), int(rng.integers(10, 120))
-    labels = np.zeros((mask_h, mask_w), np.uint8)
-    for bit in range(4):
-        polygon = rng.integers(-20, max(mask_h, mask_w) + 20, (int(rng.integers(3, 9)), 2)).astype(np.int32)
-        plane = np.zeros_like(labels)
-        cv2.fillPoly(plane, [polygon], 1 << bit)
-        labels |= plane
+    labels = random_labels(rng, mask_h, mask_w, overhang=20)
     # Placements fully inside, partly outside on every side, and with sub-pixel fractions.
     for x0, y0 in [(0, 0), (-mask_w // 2, -mask_h // 2), (width - mask_w // 3, height - mask_h // 3), (5, 7)]:
         for fx, fy in [(0, 0), (128, 0), (0, 77), (255, 1)]:
@@ -162,12 +168,7 @@ def test_sums_from_i420_planes_equal_sums_from_the_bgr_frame(seed):
         planes.y, *(np.repeat(np.repeat(c, 2, axis=0), 2, axis=1) for c in (planes.u, planes.v))
     )
     mask_h, mask_w = int(rng.integers(10, height)), int(rng.integers(10, width))
-    labels = np.zeros((mask_h, mask_w), np.uint8)
-    for bit in range(4):
-        polygon = rng.integers(-10, max(mask_h, mask_w) + 10, (int(rng.integers(3, 9)), 2)).astype(np.int32)
-        plane = np.zeros_like(labels)
-        cv2.fillPoly(plane, [polygon], 1 << bit)
-        labels |= plane
+    labels = random_labels(rng, mask_h, mask_w, overhang=10)
     placements = [(0, 0), (3, 5), (-mask_w // 2, -mask_h // 3), (width - mask_w // 2, height - mask_h // 2)]
     for x0, y0 in placements:
         for fx, fy in [(0, 0), (200, 31)]:
