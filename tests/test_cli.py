@@ -258,3 +258,28 @@ def test_measurement_too_long_for_patches_is_sent_as_traces_not_lost() -> None:
     short_one = make_measurement(duration_s=20.0, patches=True)
     payload, sent, note = _serialise(short_one)
     assert sent.patches is not None and note == ""
+
+
+def test_report_of_a_fallback_says_not_a_measurement(tmp_path) -> None:
+    """A too-short tensor gets fallback vitals from the real server; the report must not pass them off."""
+    import numpy as np
+
+    from preprocess.tensor import to_bytes
+    from server import start_embedded
+    from tests.tensors import make_measurement
+    from transport import SessionClient
+    from vitalcam.report import write_report
+    from vitalcam.session import Outcome, QualityTimeline
+
+    short = make_measurement(duration_s=10.0)
+    with start_embedded() as server, SessionClient(server.base_url, server.api_key) as client:
+        result = client.measure(to_bytes(short))
+    assert result.is_fallback
+    n = short.n_frames
+    timeline = QualityTimeline(short.t_s - short.t_s[0], np.ones(n, bool), np.full(n, 120.0), np.zeros(n))
+    outcome = Outcome(result, short, len(to_bytes(short)), timeline, server.base_url, True, 0)
+    html = write_report(outcome, tmp_path / "fallback.html").read_text()
+    assert "NOT A MEASUREMENT" in html and "TOO_SHORT" in html
+    assert "Not available: TOO_SHORT" in html
+    assert "fallback (not a measurement)" in html
+    assert "<h2>Quality timeline</h2>" in html and html.count("data:image/png;base64,") == 1

@@ -31,7 +31,8 @@ def _figure_png(fig: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _plots(outcome: Outcome) -> dict[str, str]:
+def _plots(outcome: Outcome) -> tuple[dict[str, str], str]:
+    """Section title -> base64 PNG, and why the signal plots are missing when the engine could not analyse."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,6 +40,7 @@ def _plots(outcome: Outcome) -> dict[str, str]:
 
     from server.inference import InferenceFailed, analyze
 
+    failure = ""
     try:
         analysis = analyze(outcome.measurement)
     except InferenceFailed as exc:
@@ -97,14 +99,12 @@ def _plots(outcome: Outcome) -> dict[str, str]:
         ax.legend(loc="upper right", fontsize=8)
 
     plot("Quality timeline", quality, height_in=2.8)
-    if analysis is None:
-        images["_failure"] = failure
-    return images
+    return images, failure
 
 
 def render_report(outcome: Outcome) -> str:
     """The report as one HTML string."""
-    images = _plots(outcome)
+    images, failure = _plots(outcome)
     result = outcome.result
     rows = "".join(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
@@ -128,7 +128,7 @@ def render_report(outcome: Outcome) -> str:
         if title in images:
             body = f'<img alt="{html.escape(title)}" src="data:image/png;base64,{images[title]}">'
         else:
-            body = f"<p>Not available: {html.escape(images.get('_failure', 'no usable pulse signal'))}</p>"
+            body = f"<p>Not available: {html.escape(failure or 'no usable pulse signal')}</p>"
         sections.append(f"<section><h2>{html.escape(title)}</h2>{body}</section>")
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
