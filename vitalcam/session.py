@@ -128,7 +128,10 @@ def iter_measurement(options: MeasureOptions) -> Iterator[Event]:
         if checker is not None:
             yield from _readiness(checker, frames, options, preview)
         dropped_before = int(getattr(source, "dropped", 0))
-        measurement, timeline = yield from _record(recorder, frames, options, preview)
+        # A replay may end before the requested duration: progress runs to whichever comes first.
+        spans_s = [s for s in (options.duration_s, getattr(source.info, "duration_s", None)) if s]
+        span_s = min(spans_s) if spans_s else None
+        measurement, timeline = yield from _record(recorder, frames, options, preview, span_s)
         dropped = int(getattr(source, "dropped", 0)) - dropped_before
     yield from _send(measurement, timeline, options, dropped)
 
@@ -179,7 +182,9 @@ def _readiness(checker: Any, frames: Iterator[Any], options: MeasureOptions, pre
     raise NotReady("the source ended before a usable face was found")
 
 
-def _record(pre: Any, frames: Iterator[Any], options: MeasureOptions, preview: Any) -> Iterator[Event]:
+def _record(
+    pre: Any, frames: Iterator[Any], options: MeasureOptions, preview: Any, span_s: float | None
+) -> Iterator[Event]:
     duration_s = options.duration_s
     t0: float | None = None
     t_list: list[float] = []
@@ -199,7 +204,7 @@ def _record(pre: Any, frames: Iterator[Any], options: MeasureOptions, preview: A
         brightness.append(float(q.brightness_luma))
         speed.append(float(q.face_speed_widths_per_s))
         hints = tuple(w.message for w in features.warnings)
-        percent = 100.0 * elapsed_s / duration_s if duration_s else None
+        percent = min(100.0, 100.0 * elapsed_s / span_s) if span_s else None
         _show(preview, frame, features, hints, percent, Phase.CAPTURING)
         if percent is None or percent - last_percent >= 0.5 or hints:
             last_percent = percent if percent is not None else last_percent
