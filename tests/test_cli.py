@@ -151,6 +151,9 @@ def test_python_callers_get_the_same_phases_as_events(face_video) -> None:
     phases = [e.phase for e in events]
     order = [Phase.INITIALIZING, Phase.CAPTURING, Phase.UPLOADING, Phase.PROCESSING, Phase.DONE]
     assert list(dict.fromkeys(phases)) == order
+    capture_percents = [e.percent for e in events if e.phase is Phase.CAPTURING and e.percent is not None]
+    assert capture_percents == sorted(capture_percents) and capture_percents[-1] == 100.0
+    assert any(40.0 < p < 60.0 for p in capture_percents)  # progress spans the 20 s asked for
     outcome = events[-1].outcome
     assert outcome is not None and outcome.measurement.patches is None
     assert outcome.payload_bytes < 200_000
