@@ -116,6 +116,7 @@ class Preview:
     def __init__(self, title: str = "vitalcam", *, enabled: bool | None = None) -> None:
         self.title = title
         self.enabled = display_available() if enabled is None else enabled
+        self._sized = False
         if self.enabled:
             try:
                 cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
@@ -127,6 +128,9 @@ class Preview:
         if not self.enabled:
             return True
         try:
+            if not self._sized:  # a resizable window opens small; start it at the frame's own size
+                cv2.resizeWindow(self.title, frame.shape[1], frame.shape[0])
+                self._sized = True
             cv2.imshow(self.title, draw_overlay(frame, overlay))
             key = cv2.waitKey(1) & 0xFF
             if key in QUIT_KEYS:

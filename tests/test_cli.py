@@ -170,7 +170,7 @@ def test_exit_code_no_face(render_video, env) -> None:
 def test_exit_code_bad_arguments_and_unreadable_input(env, tmp_path) -> None:
     assert run(["measure", "--duration", "-3"], env).returncode == 2
     too_long = run(["measure", "--duration", "600"], env)
-    assert too_long.returncode == 2 and "15..180" in too_long.stderr
+    assert too_long.returncode == 2 and "16..180" in too_long.stderr
     assert run(["measure", "--sex", "Q"], env).returncode == 2
     missing = run(["measure", "--video", str(tmp_path / "missing.mp4")], env)
     assert missing.returncode == 2 and "missing.mp4" in missing.stdout

@@ -32,7 +32,8 @@ def _camera_spec(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-MIN_DURATION_S = 15.0  # the least the server's inference accepts as usable signal
+# Inference needs 15 s of usable signal; a capture of exactly 15 s spans 15 s minus one frame interval.
+MIN_DURATION_S = 16.0
 MAX_DURATION_S = 180.0  # the tensor format's limit
 
 
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         default=None,
         metavar="S",
-        help="seconds to capture, 15..180 (default 30 for a camera; the whole video, up to 180 s, for --video)",
+        help="seconds to capture, 16..180 (default 30 for a camera; the whole video, up to 180 s, for --video)",
     )
     m.add_argument("--age", type=int, help="age in years (1..120), improves the blood-pressure prior")
     m.add_argument("--sex", choices=["M", "F", "X"], help="sex, improves the blood-pressure prior")
