@@ -11,15 +11,21 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from preprocess.tensor import Measurement
+
+if TYPE_CHECKING:  # the stages load lazily: importing this module must not start mediapipe or uvicorn
+    from capture import Frame, FrameSource
+    from capture.preview import Preview
+    from preprocess import FrameFeatures, Preprocessor
+    from transport import Result
 
 
 class Phase(StrEnum):
@@ -71,7 +77,7 @@ class QualityTimeline:
 class Outcome:
     """Everything a measurement produced; `result` is the transport Result."""
 
-    result: Any
+    result: Result
     measurement: Measurement
     payload_bytes: int
     timeline: QualityTimeline
@@ -136,7 +142,7 @@ def iter_measurement(options: MeasureOptions) -> Iterator[Event]:
     yield from _send(measurement, timeline, options, dropped)
 
 
-def _open(open_source: Callable[..., Any], options: MeasureOptions) -> Any:
+def _open(open_source: Callable[..., FrameSource], options: MeasureOptions) -> FrameSource:
     """Replays decode as fast as possible; a video file given as a camera plays in real time like one."""
     if options.replay:
         return open_source(options.source, duration_s=options.duration_s)
@@ -147,7 +153,7 @@ def _open(open_source: Callable[..., Any], options: MeasureOptions) -> Any:
     return open_source(options.source)
 
 
-def _preprocessor(options: MeasureOptions, source_kind: str) -> Any:
+def _preprocessor(options: MeasureOptions, source_kind: str) -> Preprocessor:
     from preprocess import PreprocessConfig, Preprocessor
 
     config = PreprocessConfig(
@@ -158,7 +164,9 @@ def _preprocessor(options: MeasureOptions, source_kind: str) -> Any:
     return Preprocessor(config)
 
 
-def _readiness(checker: Any, frames: Iterator[Any], options: MeasureOptions, preview: Any) -> Iterator[Event]:
+def _readiness(
+    checker: Preprocessor, frames: Iterator[Frame], options: MeasureOptions, preview: Preview | None
+) -> Iterator[Event]:
     """Wait until the face is found in usable conditions for `readiness_hold_s`, telling the person what to fix."""
     started = time.monotonic()
     ready_since: float | None = None
@@ -183,8 +191,12 @@ def _readiness(checker: Any, frames: Iterator[Any], options: MeasureOptions, pre
 
 
 def _record(
-    pre: Any, frames: Iterator[Any], options: MeasureOptions, preview: Any, span_s: float | None
-) -> Iterator[Event]:
+    pre: Preprocessor,
+    frames: Iterator[Frame],
+    options: MeasureOptions,
+    preview: Preview | None,
+    span_s: float | None,
+) -> Generator[Event, None, tuple[Measurement, QualityTimeline]]:
     duration_s = options.duration_s
     t0: float | None = None
     t_list: list[float] = []
@@ -221,7 +233,12 @@ def _record(
 
 
 def _show(
-    preview: Any, frame: Any, features: Any, hints: tuple[str, ...], percent: float | None, phase: Phase
+    preview: Preview | None,
+    frame: Frame,
+    features: FrameFeatures,
+    hints: tuple[str, ...],
+    percent: float | None,
+    phase: Phase,
 ) -> None:
     if preview is None or not preview.enabled:
         return
