@@ -24,6 +24,7 @@ from preprocess import extract, patches, pulse, quality, regions
 from preprocess.face import DEFAULT_MAX_INPUT_SIDE_PX, LandmarkBackend, default_backend
 from preprocess.pixels import Pixels, landmark_input_size, pixels_of
 from preprocess.quality import QualityState, QualityThresholds, QualityTooLow, QualityWarning
+from preprocess.smoothing import OneEuroFilter2D
 from preprocess.tensor import (
     FACE_REGIONS,
     FULL_FRAME_REGIONS,
@@ -67,6 +68,13 @@ class PreprocessConfig:
     cadence_tolerance_widths: float = 0.02
     redetect_motion_widths: float = 0.03
     reshape_tolerance_widths: float = 0.015  # landmark residual after translation that redraws masks
+    # One Euro filter on the face translation that places the masks (see `preprocess.smoothing`): the
+    # cut-off is `position_min_cutoff_hz` at rest, below the pulse band so landmark jitter stays out of
+    # it, and rises by `position_beta_hz_per_width_s` per face width per second of head speed so real
+    # motion is followed without lag. A landmark reading further than `redetect_motion_widths` from where
+    # the face was expected restarts the filter there. position_min_cutoff_hz=inf turns smoothing off.
+    position_min_cutoff_hz: float = 0.5
+    position_beta_hz_per_width_s: float = 20.0
     patch_scale: float = 1.2  # patch side / larger face box side, before snapping to a multiple of 72 px
     min_face_share: float = 0.7  # of frames, else QualityTooLow(NO_FACE)
     min_usable_s: float = 15.0  # seconds of frames with skin pixels, else QualityTooLow(TOO_SHORT)
@@ -120,7 +128,11 @@ class Preprocessor:
         self._offset = (0.0, 0.0)  # face translation since the anchor, px
         self._placed_offset = (0, 0)  # where the mask currently sits, whole px
         self._fraction_q8 = (0, 0)  # and the sub-pixel rest, in 1/256 px
-        self._track_origin = (0.0, 0.0)
+        self._raw_offset = (0.0, 0.0)  # unsmoothed: last landmark translation, carried by flow
+        self._track_origin = (0.0, 0.0)  # _raw_offset when tracking (re)started
+        self._smoother = OneEuroFilter2D(
+            self.config.position_min_cutoff_hz, self.config.position_beta_hz_per_width_s
+        )
         self.mask_redraws = 0
         self._interval = self.config.landmark_min_interval_frames
         self._since_landmarks = 0
@@ -167,7 +179,7 @@ class Preprocessor:
 
     def _push_face(self, frame: Frame, pixels: Pixels, width: int, height: int) -> FrameFeatures:
         clock = time.perf_counter
-        landmarks_ran = self._update_face(pixels, width, height)
+        landmarks_ran = self._update_face(pixels, width, height, frame.t_s)
         mask, box = self._placed()
         t0 = clock()
         if mask is not None:
@@ -218,20 +230,23 @@ class Preprocessor:
         self.stage_seconds["quality"] += clock() - t2
         return features
 
-    def _update_face(self, pixels: Pixels, width: int, height: int) -> bool:
+    def _update_face(self, pixels: Pixels, width: int, height: int, t_s: float) -> bool:
         """Track the face and run landmarks when the cadence, motion or a lost track calls for it.
 
         The region mask is drawn from an *anchor* landmark set and only moved (sub-pixel, see
         `extract.region_sums`) while the face merely translates; it is redrawn only when the face changes
         shape beyond `reshape_tolerance_widths`. Redrawing or nudging a mask by a pixel changes which
         boundary pixels are averaged, a step in the trace as large as the pulse itself, so the fewer such
-        events the cleaner the trace, whichever the landmark cadence.
+        events the cleaner the trace, whichever the landmark cadence. For the same reason the translation
+        is smoothed over time (`_smoothed`), so that landmark jitter does not move the mask either.
         """
         clock = time.perf_counter
         cfg = self.config
         every_frame = cfg.landmark_max_interval_frames <= 1
-        predicted: tuple[float, float] | None = None
+        tracked: tuple[float, float] | None = None
+        flow_step = (0.0, 0.0)  # face motion on this frame according to optical flow, px
         run = self._mask is None or every_frame
+        restart = self._mask is None  # nothing to smooth against: take the landmarks as they are
         if not run:
             t0 = clock()
             shift = self._tracker.update(pixels)
@@ -239,18 +254,20 @@ class Preprocessor:
             assert self._base_box is not None
             if shift is None:
                 run, self._interval = True, cfg.landmark_min_interval_frames
+                restart = True
             else:
-                offset = (self._track_origin[0] + shift[0], self._track_origin[1] + shift[1])
-                step = math.hypot(offset[0] - self._offset[0], offset[1] - self._offset[1])
-                self._offset = offset
+                tracked = (self._track_origin[0] + shift[0], self._track_origin[1] + shift[1])
+                flow_step = (tracked[0] - self._raw_offset[0], tracked[1] - self._raw_offset[1])
+                self._raw_offset = tracked
                 self._since_landmarks += 1
-                predicted = offset
-                if step > cfg.redetect_motion_widths * self._base_box[2]:
+                if math.hypot(*flow_step) > cfg.redetect_motion_widths * self._base_box[2]:
                     run, self._interval = True, cfg.landmark_min_interval_frames
-                    predicted = None
+                    tracked = None
+                    restart = True
                 elif self._since_landmarks >= self._interval:
                     run = True
         if not run:
+            self._offset = self._smoothed(self._raw_offset, flow_step, t_s, restart=False)
             self._place()
             return False
         t0 = clock()
@@ -264,8 +281,8 @@ class Preprocessor:
             self._interval = cfg.landmark_min_interval_frames
             return True
         translation = self._anchor_translation(landmarks)
-        if predicted is not None and translation is not None:
-            error = math.hypot(predicted[0] - translation[0], predicted[1] - translation[1])
+        if tracked is not None and translation is not None:
+            error = math.hypot(tracked[0] - translation[0], tracked[1] - translation[1])
             if error <= cfg.cadence_tolerance_widths * self._base_box[2]:  # type: ignore[index]
                 self._interval = min(self._interval * 2, cfg.landmark_max_interval_frames)
             else:
@@ -274,14 +291,16 @@ class Preprocessor:
             self._mask = regions.rasterise(landmarks, width, height)
             self._anchor = landmarks if self._mask is not None else None
             self._base_box = regions.face_box(landmarks) if self._mask is not None else None
-            self._offset, self._placed_offset = (0.0, 0.0), (0, 0)
+            self._offset, self._raw_offset, self._placed_offset = (0.0, 0.0), (0.0, 0.0), (0, 0)
             self.mask_redraws += 1
+            self._smoother.reset(0.0, 0.0, t_s)
         else:
-            self._offset = translation
+            self._raw_offset = translation
+            self._offset = self._smoothed(translation, flow_step, t_s, restart)
         self._place()
         t2 = clock()
         if self._mask is not None and not every_frame:
-            self._track_origin = self._offset
+            self._track_origin = self._raw_offset
             box = self._base_box
             assert box is not None
             moved_box = (box[0] + self._offset[0], box[1] + self._offset[1], box[2], box[3])
@@ -311,6 +330,29 @@ class Preprocessor:
         if residual > self.config.reshape_tolerance_widths * self._base_box[2]:
             return None
         return float(translation[0]), float(translation[1])
+
+    def _smoothed(
+        self, raw: tuple[float, float], flow_step: tuple[float, float], t_s: float, restart: bool
+    ) -> tuple[float, float]:
+        """The mask's offset for this frame: the raw landmark position filtered over time, in px.
+
+        `raw` is the last landmark translation, carried by optical flow when landmarks did not run on
+        this frame; the filter runs on every frame either way, so every cadence gets the same smoothing.
+        It predicts the filtered position moved by this frame's `flow_step` (zero without tracking), so
+        flow-tracked motion passes without lag and only the landmarks' jitter is smoothed. A reading too
+        far from the prediction to be jitter (a jump, a lost track) restarts the filter there. Positions
+        are in face widths, so the filter's speed gain does not depend on the face's size in the frame.
+        """
+        assert self._base_box is not None
+        width_px = max(self._base_box[2], 1.0)
+        x, y = raw[0] / width_px, raw[1] / width_px
+        ex = (self._offset[0] + flow_step[0]) / width_px
+        ey = (self._offset[1] + flow_step[1]) / width_px
+        if restart or math.hypot(x - ex, y - ey) > self.config.redetect_motion_widths:
+            fx, fy = self._smoother.reset(x, y, t_s)
+        else:
+            fx, fy = self._smoother.update(x, y, t_s, predicted=(ex, ey))
+        return fx * width_px, fy * width_px
 
     def _place(self) -> None:
         """Split the face offset into the mask's whole-pixel position and the kernel's 1/256 px fraction."""
