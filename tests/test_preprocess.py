@@ -25,6 +25,7 @@ from preprocess import (
     patches,
     process,
     regions,
+    smoothing,
     to_bytes,
 )
 from preprocess.tensor import FACE_REGIONS, FULL_FRAME_REGIONS, PATCH_SIZE_PX
@@ -243,6 +244,30 @@ def test_patch_box_is_square_snapped_and_inside_the_frame(box, size):
     assert patch.shape == (72, 72, 3) and patch.dtype == np.uint8
 
 
+def test_one_euro_filter_smooths_jitter_at_rest_and_follows_real_motion_without_lag():
+    """Landmark jitter must not move the masks, and a head that really moves must not leave them behind."""
+    rng = np.random.default_rng(3)
+    fps, n = 30.0, 300
+    t_s = np.arange(n) / fps
+    jitter = rng.normal(0.0, 0.0007, (n, 2))  # ~0.1 px on a 150 px wide face, in face widths
+    still = smoothing.OneEuroFilter2D(min_cutoff_hz=0.5, beta_hz_per_unit_speed=20.0)
+    out = np.array([still.update(*p, t) for p, t in zip(jitter, t_s, strict=True)])
+    assert out[30:].std(axis=0).max() < 0.35 * jitter.std()  # jitter at rest mostly removed (0.24-0.28)
+    # A head turning at half a face width per second: the cut-off rises with speed, so it keeps up.
+    moving = smoothing.OneEuroFilter2D(min_cutoff_hz=0.5, beta_hz_per_unit_speed=20.0)
+    path = np.stack([0.5 * t_s, np.zeros(n)], axis=1) + jitter
+    out = np.array([moving.update(*p, t) for p, t in zip(path, t_s, strict=True)])
+    assert np.abs(out[30:, 0] - 0.5 * t_s[30:]).max() < 0.02  # lag under 2 % of a face width (0.7 %)
+    # With the motion predicted (optical flow between landmark runs) there is no lag at all to speak of.
+    tracked = smoothing.OneEuroFilter2D(min_cutoff_hz=0.5, beta_hz_per_unit_speed=20.0)
+    prev = tracked.reset(*path[0], t_s[0])
+    out = [prev]
+    for i in range(1, n):
+        prev = tracked.update(*path[i], t_s[i], predicted=(prev[0] + 0.5 / fps, prev[1]))
+        out.append(prev)
+    assert np.abs(np.array(out)[30:, 0] - 0.5 * t_s[30:]).max() < 0.005
+
+
 # -- replay of synthetic videos ------------------------------------------------------------------------
 
 
@@ -295,7 +320,10 @@ def test_landmark_cadence_costs_no_signal(face_runs):
         b = bandpassed_pos(every.t_s, every.rgb[:, r])
         corr = float(np.corrcoef(a, b)[0, 1])
         print(f"cadence vs every-frame POS correlation {name}: {corr:.4f}")
-        assert corr >= (0.99 if name == "face" else 0.95), (name, corr)
+        # Measured 0.998 face, 0.977-0.987 small regions (with landmark smoothing; 0.973-0.983 without).
+        # The rest is the I420-vs-BGR read path (about 0.992-0.995 on its own) and the slow wander of
+        # landmarks that run on every 8th frame only, which moves the small regions' masks by ~0.1 px.
+        assert corr >= (0.99 if name == "face" else 0.97), (name, corr)
 
 
 @pytest.mark.slow
