@@ -251,13 +251,18 @@ def run_measurement(
     )
     console = _console(stderr=json_output)
     printer = progress_printer(console)
+    failure: tuple[int, str, BaseException] | None = None
     try:
         outcome = measure(options, on_event=printer)
     except Exception as exc:
         code, label = next(((c, lab) for types, c, lab in failures if isinstance(exc, types)), (None, ""))
         if code is None:
             raise
+        failure = (code, label, exc)
+    finally:
         printer.close()
+    if failure is not None:
+        code, label, exc = failure
         console.print(f"{label} {exc}")
         outbox_path = getattr(exc, "outbox_path", None)
         if outbox_path:
@@ -265,8 +270,6 @@ def run_measurement(
                 f"The measurement is kept at {outbox_path}; run `vitalcam retry` to upload it again."
             )
         return code, None
-    finally:
-        printer.close()
     if json_output:
         print(json.dumps(outcome.result.raw, indent=2))
     else:
@@ -361,24 +364,19 @@ def _describe_key(info: Any) -> str:
 def cmd_retry(args: argparse.Namespace) -> int:
     import contextlib
 
-    from transport import Outbox, SessionClient, VitalcamError, retry_outbox
+    from transport import Outbox, VitalcamError, retry_outbox
+    from vitalcam.session import open_client
 
+    if args.api_url and not args.api_key:
+        print("vitalcam retry: --api-url needs --api-key (or VITALCAM_API_KEY)", file=sys.stderr)
+        return EXIT_USAGE
     outbox = Outbox(args.outbox)
     pending = outbox.pending()
     if not pending:
         print(f"outbox {outbox.directory} is empty")
         return EXIT_OK
     with contextlib.ExitStack() as stack:
-        api_url, api_key = args.api_url, args.api_key
-        if api_url is None:
-            from server import start_embedded
-
-            server = stack.enter_context(start_embedded())
-            api_url, api_key = server.base_url, server.api_key
-        if not api_key:
-            print("vitalcam retry: --api-url needs --api-key (or VITALCAM_API_KEY)", file=sys.stderr)
-            return EXIT_USAGE
-        client = stack.enter_context(SessionClient(api_url, api_key))
+        client, _ = open_client(stack, args.api_url, args.api_key)
         outcomes = retry_outbox(client, outbox)
     failed = 0
     for item, outcome in outcomes:

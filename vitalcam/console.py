@@ -113,7 +113,16 @@ def vital_rows(result: Any) -> list[dict[str, Any]]:
         else:
             kind = "measured"
         rows.append(
-            {"key": key, "label": label, "value": value, "unit": unit, "confidence": confidence, "kind": kind}
+            {
+                "key": key,
+                "label": label,
+                "value": value,
+                "unit": unit,
+                "confidence": confidence,
+                "kind": kind,
+                "value_text": "-" if value is None else f"{value:g}",
+                "confidence_text": "-" if confidence is None else f"{confidence:.2f}",
+            }
         )
     return rows
 
@@ -140,10 +149,14 @@ def print_result(console: Console, outcome: Outcome) -> None:
     for column in ("Vital", "Value", "Unit", "Confidence", "Kind"):
         table.add_column(column, justify="right" if column in ("Value", "Confidence") else "left")
     for row in vital_rows(result):
-        value = "-" if row["value"] is None else f"{row['value']:g}"
-        confidence = "-" if row["confidence"] is None else f"{row['confidence']:.2f}"
         style = "green" if row["kind"] == "measured" else ("red" if "fallback" in row["kind"] else "yellow")
-        table.add_row(row["label"], value, row["unit"], confidence, f"[{style}]{row['kind']}[/{style}]")
+        table.add_row(
+            row["label"],
+            row["value_text"],
+            row["unit"],
+            row["confidence_text"],
+            f"[{style}]{row['kind']}[/{style}]",
+        )
     console.print(table)
     vitals = result.vitals
     overall = vitals.confidence if vitals is not None else 0.0

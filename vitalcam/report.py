@@ -109,9 +109,9 @@ def render_report(outcome: Outcome) -> str:
     rows = "".join(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
             html.escape(r["label"]),
-            "-" if r["value"] is None else f"{r['value']:g}",
+            r["value_text"],
             html.escape(r["unit"]),
-            "-" if r["confidence"] is None else f"{r['confidence']:.2f}",
+            r["confidence_text"],
             html.escape(r["kind"]),
         )
         for r in vital_rows(result)

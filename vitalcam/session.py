@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the stages load lazily: importing this module must not star
     from capture import Frame, FrameSource
     from capture.preview import Preview
     from preprocess import FrameFeatures, Preprocessor
-    from transport import Result
+    from transport import Result, SessionClient
 
 
 class Phase(StrEnum):
@@ -256,6 +256,26 @@ def _show(
         raise Cancelled("cancelled from the preview window")
 
 
+def open_client(
+    stack: contextlib.ExitStack, api_url: str | None, api_key: str | None
+) -> tuple[SessionClient, bool]:
+    """A client for `api_url`, or for an embedded reference backend started on `stack` when it is None.
+
+    Returns the client and whether the backend is embedded; both close with `stack`.
+    """
+    from transport import SessionClient
+
+    embedded = api_url is None
+    if embedded:
+        from server import start_embedded
+
+        server = stack.enter_context(start_embedded())
+        api_url, api_key = server.base_url, server.api_key
+    if not api_key:
+        raise ValueError("an API key is required with --api-url (or VITALCAM_API_KEY)")
+    return stack.enter_context(SessionClient(api_url, api_key)), embedded
+
+
 def _serialise(measurement: Measurement) -> tuple[bytes, Measurement, str]:
     """The payload; a measurement too long to carry its patches is sent as traces rather than lost."""
     import dataclasses
@@ -275,21 +295,14 @@ def _serialise(measurement: Measurement) -> tuple[bytes, Measurement, str]:
 def _send(
     measurement: Measurement, timeline: QualityTimeline, options: MeasureOptions, dropped: int
 ) -> Iterator[Event]:
-    from transport import Demographics, Outbox, SessionClient
+    from transport import Demographics, Outbox
 
     payload, measurement, note = _serialise(measurement)
     if note:
         yield Event(Phase.UPLOADING, 0.0, message=note)
     with contextlib.ExitStack() as stack:
-        api_url, api_key, embedded = options.api_url, options.api_key, False
-        if api_url is None:
-            from server import start_embedded
-
-            server = stack.enter_context(start_embedded())
-            api_url, api_key, embedded = server.base_url, server.api_key, True
-        if not api_key:
-            raise ValueError("an API key is required with --api-url (or VITALCAM_API_KEY)")
-        client = stack.enter_context(SessionClient(api_url, api_key))
+        client, embedded = open_client(stack, options.api_url, options.api_key)
+        api_url = client.base_url
         demographics = Demographics(**options.demographics) if options.demographics else None
         outbox = Outbox(options.outbox_dir)
         events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
