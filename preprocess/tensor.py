@@ -7,6 +7,15 @@ on numpy and safetensors. docs/tensor-format.md is the byte-level description; k
 The container is safetensors (8-byte little-endian header length, a JSON header, then raw little-endian
 tensor bytes). We parse and check the header ourselves before handing the buffer to safetensors, so that
 every rejection names the field and the rule that failed instead of surfacing a library error.
+
+`from_bytes` reads untrusted bytes on the server, so it raises TensorFormatError and nothing else for any
+input: the header's nesting depth and the length of its numbers are bounded before the JSON parser sees
+it (deep nesting would raise RecursionError, a 5000-digit integer ValueError), and every shape must have
+exactly its tensor's number of dimensions before numpy reshapes anything.
+
+The frame-rate limits and the way the frame rate is measured (`frame_rate_hz`, one over the median frame
+interval) are the ones the inference engine applies, so nothing the validator accepts is rejected later
+for its timing.
 """
 
 from __future__ import annotations
@@ -48,17 +57,32 @@ _NUMPY_DTYPES: Final = {
 }
 _DTYPE_SIZES: Final = {"F64": 8, "F32": 4, "I32": 4, "U8": 1}
 _REQUIRED_METADATA: Final = ("format", "version", "regions", "frame_width", "frame_height", "source", "sdk")
+_NDIMS: Final = {"t_s": 1, "rgb": 3, "skin_px": 2, "face_box": 2, "patches": 4}
 _REGION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _MAX_HEADER_BYTES: Final = 1024 * 1024
+# A v1 header nests 3 deep ({ -> tensor { -> shape [); its numbers are offsets below 2**40 (13 digits).
+MAX_HEADER_DEPTH: Final = 8
+MAX_HEADER_NUMBER_DIGITS: Final = 20
+# JSON strings (with escapes), to blank out before counting brackets and digits outside them.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_LONG_DIGITS = re.compile(rf"[0-9]{{{MAX_HEADER_NUMBER_DIGITS + 1},}}")
+_MAX_MESSAGE_PART_CHARS: Final = 200
 
 
 class TensorFormatError(ValueError):
     """A payload or measurement that breaks format v1; the message names the field and the rule."""
 
     def __init__(self, field_name: str, rule: str) -> None:
+        field_name, rule = _printable(field_name), _printable(rule)
         super().__init__(f"{field_name}: {rule}")
         self.field = field_name
         self.rule = rule
+
+
+def _printable(text: str) -> str:
+    """Untrusted names go into messages: clip them, and escape what UTF-8 cannot encode (lone surrogates)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= _MAX_MESSAGE_PART_CHARS else text[:_MAX_MESSAGE_PART_CHARS] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +129,22 @@ class Measurement:
 
     @property
     def fps(self) -> float:
-        """Mean frame rate derived from the real timestamps, never from a nominal rate."""
+        """Mean frame rate derived from the real timestamps, never from a nominal rate.
+
+        Informational; the limits apply to `frame_rate_hz(t_s)`, the median-interval rate inference uses.
+        """
         duration_s = self.duration_s
         return (self.n_frames - 1) / duration_s if duration_s > 0 else 0.0
+
+
+def frame_rate_hz(t_s: np.ndarray) -> float:
+    """The frame rate as the inference engine measures it: one over the median frame interval.
+
+    The median, not the mean, because a camera that delivers frames in bursts (pairs 1 ms apart, then a
+    long gap) has a sensible mean and an absurd sampling grid. `t_s` must be strictly increasing float64
+    with at least 2 frames; the validator checks limits MIN_FPS..MAX_FPS on exactly this number.
+    """
+    return 1.0 / float(np.median(np.diff(t_s)))
 
 
 def validate(m: Measurement) -> None:
@@ -193,12 +230,32 @@ def _parse_header(buffer: bytes) -> tuple[dict[str, object], int]:
             "header", f"truncated: declares {header_len} bytes, {len(buffer) - 8} present"
         )
     try:
-        header = json.loads(buffer[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = buffer[8 : 8 + header_len].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TensorFormatError("header", f"not valid UTF-8 JSON ({exc})") from None
+    _check_header_shape(text)
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise TensorFormatError("header", f"not valid UTF-8 JSON ({exc})") from None
     if not isinstance(header, dict):
         raise TensorFormatError("header", "must be a JSON object")
     return header, 8 + header_len
+
+
+def _check_header_shape(text: str) -> None:
+    """Bound nesting depth and number length before parsing, so the parser cannot fail in other ways.
+
+    Strings are blanked out first, so brackets and digits inside names and metadata values do not count.
+    """
+    outside_strings = _JSON_STRING.sub('""', text)
+    codes = np.frombuffer(outside_strings.encode("utf-8"), dtype=np.uint8)
+    opens = (codes == ord("[")) | (codes == ord("{"))
+    closes = (codes == ord("]")) | (codes == ord("}"))
+    if codes.size and int(np.cumsum(opens.astype(np.int64) - closes).max()) > MAX_HEADER_DEPTH:
+        raise TensorFormatError("header", f"JSON nested deeper than {MAX_HEADER_DEPTH} levels")
+    if _LONG_DIGITS.search(outside_strings):
+        raise TensorFormatError("header", f"a number has more than {MAX_HEADER_NUMBER_DIGITS} digits")
 
 
 def _parse_metadata(metadata: object) -> tuple[TensorMetadata, dict[str, str]]:
@@ -254,6 +311,8 @@ def _read_tensors(header: dict[str, object], buffer: bytes, data_start: int) -> 
             raise TensorFormatError(name, f"dtype must be {_dtype_label(name)}, got {dtype!r}")
         if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
             raise TensorFormatError(name, f"shape must be a list of non-negative integers, got {shape!r}")
+        if len(shape) != _NDIMS[name]:
+            raise TensorFormatError(name, f"shape must have {_NDIMS[name]} dimensions, got {len(shape)}")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
             raise TensorFormatError(name, f"data_offsets must be [begin, end], got {offsets!r}")
         begin, end = offsets
@@ -331,9 +390,15 @@ def _validate_timing(t_s: np.ndarray) -> None:
         raise TensorFormatError(
             "t_s", f"duration {duration_s:.2f} s outside {MIN_DURATION_S:g}..{MAX_DURATION_S:g} s"
         )
-    fps = (t_s.shape[0] - 1) / duration_s
+    fps = frame_rate_hz(t_s)
     if not MIN_FPS <= fps <= MAX_FPS:
-        raise TensorFormatError("t_s", f"frame rate {fps:.2f} fps outside {MIN_FPS:g}..{MAX_FPS:g} fps")
+        shown = f"{fps:.2f}"
+        if MIN_FPS <= float(shown) <= MAX_FPS:  # just outside: show enough digits to see why
+            shown = repr(fps)
+        raise TensorFormatError(
+            "t_s",
+            f"frame rate {shown} fps (1 / median frame interval) outside {MIN_FPS:g}..{MAX_FPS:g} fps",
+        )
 
 
 def _validate_values(m: Measurement) -> None:

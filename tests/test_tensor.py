@@ -22,8 +22,10 @@ from preprocess.tensor import (
     Measurement,
     TensorFormatError,
     TensorMetadata,
+    frame_rate_hz,
     from_bytes,
     to_bytes,
+    validate,
 )
 
 
@@ -32,8 +34,9 @@ def make(
 ) -> Measurement:
     rng = np.random.default_rng(seed)
     t_s = np.arange(n_frames, dtype=np.float64) / fps + rng.uniform(0, 0.002, n_frames)
-    rgb = rng.uniform(60, 200, (n_frames, 4, 3)).astype(np.float32)
-    skin_px = rng.integers(100, 5000, (n_frames, 4)).astype(np.int32)
+    n_regions = len(FACE_REGIONS)
+    rgb = rng.uniform(60, 200, (n_frames, n_regions, 3)).astype(np.float32)
+    skin_px = rng.integers(100, 5000, (n_frames, n_regions)).astype(np.int32)
     face_box = np.tile(np.float32([0.3, 0.2, 0.4, 0.5]), (n_frames, 1))
     # Some frames lose one region, some lose the face entirely.
     skin_px[::absent_every, 1] = 0
@@ -78,7 +81,7 @@ def test_round_trip(patches: bool) -> None:
     m = make(patches=patches)
     back = from_bytes(to_bytes(m))
     assert_same(m, back)
-    assert back.n_frames == 300 and back.n_regions == 4
+    assert back.n_frames == 300 and back.n_regions == len(FACE_REGIONS)
     assert back.fps == pytest.approx(299 / (m.t_s[-1] - m.t_s[0]))
 
 
@@ -92,7 +95,7 @@ def test_payload_is_standard_safetensors() -> None:
     (n,) = struct.unpack("<Q", data[:8])
     metadata = json.loads(data[8 : 8 + n])["__metadata__"]
     assert metadata["format"] == "vitalcam-tensor" and metadata["version"] == "1"
-    assert metadata["regions"] == "forehead,left_cheek,right_cheek,face"
+    assert metadata["regions"] == ",".join(FACE_REGIONS)
     again = safetensors_save(tensors, metadata=metadata)
     assert_same(m, from_bytes(again))
 
@@ -272,3 +275,164 @@ def test_format_module_imports_without_heavy_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# ---- hostile headers (issue 12): only TensorFormatError, whatever the header holds ------------------------
+
+
+def header_text_payload(data: bytes, edit: callable) -> bytes:
+    """Like `rewrite`, but on the header's text, so it can hold what json.dumps would never produce."""
+    (n,) = struct.unpack("<Q", data[:8])
+    raw = edit(data[8 : 8 + n].decode().rstrip()).encode()
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+
+def _nest(depth: int, opener: str) -> callable:
+    closer = "]" if opener == "[" else "}"
+    inner = "[" * depth + "]" * depth if opener == "[" else '{"a":' * depth + "0" + closer * depth
+    return lambda text: text[:-1] + f', "nested": {inner}' + "}"
+
+
+def _long_number(digits: int, where: str) -> callable:
+    number = "1" + "0" * (digits - 1)
+
+    def edit(text: str) -> str:
+        header = json.loads(text)
+        if where == "offset":
+            header["t_s"]["data_offsets"][0] = 987654321
+        elif where == "shape":
+            header["t_s"]["shape"][0] = 987654321
+        else:
+            header["extra_number"] = 987654321
+        return json.dumps(header).replace("987654321", number, 1)
+
+    return edit
+
+
+def _dims(ndim: int, name: str) -> callable:
+    def edit(text: str) -> str:
+        header = json.loads(text)
+        shape = header[name]["shape"]
+        header[name]["shape"] = (
+            (shape + [1] * ndim)[:ndim] if ndim < len(shape) else shape + [1] * (ndim - len(shape))
+        )
+        return json.dumps(header)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "rule"),
+    [
+        (_nest(5000, "["), "nested deeper"),
+        (_nest(5000, "{"), "nested deeper"),
+        (_long_number(5000, "offset"), "more than 20 digits"),
+        (_long_number(5000, "other"), "more than 20 digits"),
+        (_dims(33, "t_s"), "shape must have 1 dimensions"),
+        (_dims(64, "rgb"), "shape must have 3 dimensions"),
+    ],
+)
+def test_header_attacks_are_named_format_errors(edit: callable, rule: str) -> None:
+    """Deep nesting (RecursionError), 5000-digit integers (ValueError) and 33+ dimensions (numpy's limit)
+    used to escape as other exceptions, which the server answered with a retryable 500."""
+    with pytest.raises(TensorFormatError, match=rule):
+        from_bytes(header_text_payload(VALID, edit))
+
+
+def test_unencodable_names_give_printable_messages() -> None:
+    def edit(text: str) -> str:
+        header = json.loads(text)
+        header["\ud800" * 1000] = header["t_s"]
+        return json.dumps(header)
+
+    with pytest.raises(TensorFormatError) as info:
+        from_bytes(header_text_payload(VALID, edit))
+    message = str(info.value)
+    message.encode("utf-8")  # the server puts it in a UTF-8 JSON body
+    assert len(message) < 400 and "unknown tensor" in message
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.tuples(st.just("nest"), st.integers(1, 6000), st.sampled_from(["[", "{"])),
+        st.tuples(st.just("digits"), st.integers(1, 6000), st.sampled_from(["offset", "shape", "other"])),
+        st.tuples(
+            st.just("dims"), st.integers(0, 80), st.sampled_from(["t_s", "rgb", "skin_px", "face_box"])
+        ),
+        st.tuples(st.just("text"), st.integers(0, 400), st.text(max_size=40)),
+    )
+)
+def test_hostile_header_mutations_only_raise_format_error(mutation: tuple[str, int, str]) -> None:
+    """The mutator of issue 12: nesting depth, number length, dimension count and arbitrary text."""
+    kind, size, arg = mutation
+    if kind == "nest":
+        edit = _nest(size, arg)
+    elif kind == "digits":
+        edit = _long_number(size, arg)
+    elif kind == "dims":
+        edit = _dims(size, arg)
+    else:
+        edit = lambda text: text[:size] + arg + text[size:]  # noqa: E731
+    with contextlib.suppress(TensorFormatError):
+        from_bytes(header_text_payload(VALID, edit))
+
+
+# ---- one set of frame-rate limits, shared with inference (issue 12) ---------------------------------------
+
+
+def with_timestamps(t_s: np.ndarray) -> Measurement:
+    n = t_s.shape[0]
+    return Measurement(
+        t_s=t_s,
+        rgb=np.full((n, len(FACE_REGIONS), 3), 120.0, dtype=np.float32),
+        skin_px=np.full((n, len(FACE_REGIONS)), 1000, dtype=np.int32),
+        face_box=np.tile(np.float32([0.3, 0.2, 0.4, 0.5]), (n, 1)),
+        patches=None,
+        meta=TensorMetadata(FACE_REGIONS, 640, 480, "camera", "vitalcam/test"),
+    )
+
+
+def _intervals(pattern: list[float], duration_s: float) -> np.ndarray:
+    steps = np.tile(pattern, int(duration_s / sum(pattern)) + 1)
+    return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+TIMING_CASES = {
+    "exactly 120 fps for 180 s": np.arange(21601) / 120.0,
+    "exactly 5 fps for 180 s": np.arange(901) / 5.0,
+    "119.5 fps": np.arange(3586) / 119.5,
+    "5.5 fps": np.arange(166) / 5.5,
+    "bursts: mean 50 fps, median 250": _intervals([0.004, 0.004, 0.052], 30.0),
+    "gaps: mean 5.5 fps, median 4": _intervals([0.25, 0.25, 0.045], 30.0),
+}
+
+
+@pytest.mark.parametrize("name", list(TIMING_CASES))
+def test_validator_and_inference_agree_on_the_frame_rate(name: str) -> None:
+    """What the validator accepts, inference accepts: both use 1 / median interval and the same limits."""
+    from server.inference import InferenceFailed
+    from server.inference.conditioning import check_timestamps
+
+    t_s = TIMING_CASES[name]
+    try:
+        validate(with_timestamps(t_s))
+        validator_ok = True
+    except TensorFormatError as exc:
+        assert exc.field == "t_s" and "frame rate" in exc.rule
+        validator_ok = False
+    try:
+        check_timestamps(t_s)
+        inference_ok = True
+    except InferenceFailed:
+        inference_ok = False
+    assert validator_ok == inference_ok
+    assert frame_rate_hz(t_s) == pytest.approx(1.0 / float(np.median(np.diff(t_s))))
+
+
+def test_frame_rate_is_the_median_interval_rate() -> None:
+    bursts = TIMING_CASES["bursts: mean 50 fps, median 250"]
+    assert frame_rate_hz(bursts) == pytest.approx(250.0)
+    assert with_timestamps(bursts).fps == pytest.approx(50.0, rel=0.01)  # the mean would have passed
+    with pytest.raises(TensorFormatError, match=r"frame rate 250\.00 fps"):
+        validate(with_timestamps(bursts))
