@@ -3,12 +3,18 @@
 Everything that blocks (SQLite, parsing, inference) runs off the event loop: sync dependencies and
 `run_in_threadpool` for storage, a dedicated thread pool for inference so a slow engine cannot starve
 request handling of threads.
+
+Memory and time are bounded before anything is trusted: `RequestGuardMiddleware` checks the API key before
+reading a JSON body, never reads more than `max_json_body_bytes` of one, and gives up on a body that stalls;
+uploads stream to disk under the same per-chunk timeout. Connections that never finish their headers are
+closed by the protocol class in server/runner.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 import time
@@ -25,12 +31,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from preprocess.tensor import TensorFormatError, from_bytes
 from server.config import ServerConfig
-from server.errors import ApiError, install_error_handlers, invalid_key
+from server.errors import ApiError, error_response, install_error_handlers, invalid_key
 from server.models import (
     ErrorBody,
     HealthResponse,
@@ -52,6 +57,11 @@ UPLOAD_CHUNK_BYTES = 1024 * 1024
 # a reset connection; beyond it we stop reading and let the connection close.
 DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+UPLOAD_PATH_PREFIX = "/sdk/upload/"
+KEYED_PATH_PREFIX = "/sdk/session/"
+# Sent with every refusal that leaves a request body unread, so uvicorn closes the connection instead of
+# reading (and discarding) the rest of a body nobody wants.
+_CLOSE = {"Connection": "close"}
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="ck_test_… or ck_live_… key")
 
@@ -138,6 +148,7 @@ def create_app(config: ServerConfig, *, infer: InferFn | None = None) -> FastAPI
     app.state.vitalcam = state
     install_error_handlers(app)
     _add_routes(app)
+    app.add_middleware(RequestGuardMiddleware, state=state)  # inner: runs after the request id is known
     app.add_middleware(ResponseHeadersMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -173,6 +184,106 @@ class ResponseHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class RequestGuardMiddleware:
+    """Bounded memory and time for every request body except uploads (which stream to disk themselves).
+
+    FastAPI reads a JSON body before any dependency runs, so without this a request with no key could make
+    the server buffer a body of any size. Here, before a single body byte is read: a request to
+    /sdk/session/* must carry a valid API key (else the standard 401), and a declared Content-Length above
+    `max_json_body_bytes` is a 413. Then at most that many bytes are read (a chunked body is refused as soon
+    as it passes the limit), the whole body within `body_timeout_s` (else 408), and the buffered body is
+    handed to the app. Refusals carry `Connection: close`, so the unread rest of the body is never read.
+    The hourly rate limit is still counted by `authenticate`, once, for requests that reach a route.
+    """
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(UPLOAD_PATH_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        declared_bytes, chunked = _declared_body(scope)
+        if not chunked and not declared_bytes:
+            await self.app(scope, receive, send)  # no body to guard (GET, or a start without a body)
+            return
+        config = self.state.config
+        if scope["path"].startswith(KEYED_PATH_PREFIX):
+            key = _header(scope, b"x-api-key")
+            if await run_in_threadpool(self.state.store.authenticate, key) is None:
+                error = invalid_key()
+                await _refuse(scope, receive, send, error.status_code, error.code, error.message)
+                return
+        limit = config.max_json_body_bytes
+        if declared_bytes is not None and declared_bytes > limit:
+            await _refuse(scope, receive, send, 413, "PAYLOAD_TOO_LARGE", _json_too_large(limit))
+            return
+        body = bytearray()
+        more_body = True
+        deadline_s = asyncio.get_running_loop().time() + config.body_timeout_s  # 8 KiB: no excuse to trickle
+        while more_body:
+            try:
+                remaining_s = deadline_s - asyncio.get_running_loop().time()
+                if remaining_s <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(receive(), remaining_s)
+            except TimeoutError:
+                await _refuse(scope, receive, send, 408, "REQUEST_TIMEOUT", _body_stalled(config), True)
+                return
+            if message["type"] == "http.disconnect":
+                return  # the client left; there is nobody to answer
+            body += message.get("body", b"")
+            if len(body) > limit:
+                await _refuse(scope, receive, send, 413, "PAYLOAD_TOO_LARGE", _json_too_large(limit))
+                return
+            more_body = message.get("more_body", False)
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+
+def _declared_body(scope: Scope) -> tuple[int | None, bool]:
+    """(Content-Length or None, whether the body is chunked); h11 has already rejected malformed ones."""
+    length = _header(scope, b"content-length")
+    chunked = _header(scope, b"transfer-encoding") is not None
+    return (int(length) if length is not None and length.isdigit() else None), chunked
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that yields the already-read body once, then defers to the real one (disconnects)."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _refuse(
+    scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str, retryable: bool = False
+) -> None:
+    response = error_response(status, code, message, retryable, headers=_CLOSE)
+    await response(scope, receive, send)
+
+
+def _json_too_large(limit_bytes: int) -> str:
+    return f"Request body exceeds the {limit_bytes}-byte limit for JSON bodies"
+
+
+def _body_stalled(config: ServerConfig) -> str:
+    return f"Request body not received within {config.body_timeout_s:g} s"
 
 
 def _request_id(scope: Scope) -> str:
@@ -287,6 +398,7 @@ def start_session(
 ) -> JSONResponse:
     """Consume one scan of the developer's monthly quota and hand out a signed upload URL."""
     state = _state(request)
+    base_url = _upload_base_url(state.config, request.scope)  # before the quota is touched
     session_id = str(uuid.uuid4())
     demographics = body.demographics.model_dump(exclude_none=True) if body and body.demographics else None
     fallback_config = DEFAULT_FALLBACK_CONFIG
@@ -304,7 +416,6 @@ def start_session(
         raise ApiError(
             429, "QUOTA_EXCEEDED", f"Monthly scan quota of {usage.limit} sessions exceeded", retryable=False
         )
-    base_url = state.config.public_base_url or str(request.base_url)
     return JSONResponse(
         {
             "session_id": session_id,
@@ -313,6 +424,33 @@ def start_session(
             "fallback_config": fallback_config,
         }
     )
+
+
+def _upload_base_url(config: ServerConfig, scope: Scope) -> str:
+    """Where upload URLs point: the configured public URL, else the loopback address we listen on.
+
+    Never the request's Host or X-Forwarded-* headers: anyone can send those, and an upload URL pointing
+    at their host would hand them the person's tensor.
+    """
+    if config.public_base_url:
+        return config.public_base_url
+    host, port = (scope.get("server") or (None, None))[:2]
+    if host and _is_loopback(host) and port:
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"{scope.get('scheme', 'http')}://{netloc}"
+    raise ApiError(
+        500,
+        "SERVER_MISCONFIGURED",
+        "This server listens on a non-loopback address without VITALCAM_PUBLIC_BASE_URL, so it cannot "
+        "build upload URLs (it never takes them from request headers)",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def upload_tensor(
@@ -328,12 +466,12 @@ async def upload_tensor(
     state = _state(request)
     signed_expiry = verify_upload(state.secret, session_id, expires, signature)
     if signed_expiry is None or not is_session_id(session_id):
-        raise ApiError(403, "FORBIDDEN", "Upload URL signature is invalid")
+        raise ApiError(403, "FORBIDDEN", "Upload URL signature is invalid", headers=_CLOSE)
     if time.time() >= signed_expiry:
-        raise ApiError(403, "FORBIDDEN", "Upload URL has expired")
+        raise ApiError(403, "FORBIDDEN", "Upload URL has expired", headers=_CLOSE)
     session = await run_in_threadpool(state.store.get_session, session_id)
     if session is None:
-        raise ApiError(404, "SESSION_NOT_FOUND", "Session not found")
+        raise ApiError(404, "SESSION_NOT_FOUND", "Session not found", headers=_CLOSE)
     claimed = await run_in_threadpool(
         state.store.transition, session_id, "created", "uploading", require_upload=False
     )
@@ -341,7 +479,7 @@ async def upload_tensor(
         raise _upload_refusal(await run_in_threadpool(state.store.get_session, session_id))
     part = state.store.blob_path(session_id, ".part")
     try:
-        n_bytes = await _receive_body(request, part, state.config.max_upload_bytes)
+        n_bytes = await _receive_body(request, part, state.config)
         await run_in_threadpool(_validate_tensor_file, part)
         part.replace(state.store.blob_path(session_id))
     except BaseException:
@@ -359,51 +497,86 @@ async def upload_tensor(
 
 
 def _upload_refusal(session: SessionRow | None) -> ApiError:
+    """Why a PUT cannot claim the session; the body is left unread, so the connection is closed."""
     if session is None:
-        return ApiError(404, "SESSION_NOT_FOUND", "Session not found")
+        return ApiError(404, "SESSION_NOT_FOUND", "Session not found", headers=_CLOSE)
     if session.status == "uploading" and session.uploaded_at is None:
         return ApiError(
-            409, "UPLOAD_IN_PROGRESS", "Another upload to this session is in progress", retryable=True
+            409,
+            "UPLOAD_IN_PROGRESS",
+            "Another upload to this session is in progress",
+            retryable=True,
+            headers=_CLOSE,
         )
     if session.status == "expired":
-        return ApiError(403, "FORBIDDEN", "Upload URL has expired")
-    return ApiError(403, "FORBIDDEN", "Upload URL has already been used")
+        return ApiError(403, "FORBIDDEN", "Upload URL has expired", headers=_CLOSE)
+    return ApiError(403, "FORBIDDEN", "Upload URL has already been used", headers=_CLOSE)
 
 
-async def _receive_body(request: Request, part: Path, max_bytes: int) -> int:
+async def _receive_body(request: Request, part: Path, config: ServerConfig) -> int:
+    """Stream the upload to `part`; 413 past the size limit, 408 when it stalls or outlasts its deadline."""
+    max_bytes = config.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        await _drain(request, int(declared))
+        await _drain(request, int(declared), config)
         raise _too_large(max_bytes)
+    loop = asyncio.get_running_loop()
+    deadline_s = loop.time() + config.upload_timeout_s
     n_bytes = 0
-    try:
-        with part.open("wb") as f:
-            async for chunk in request.stream():
-                n_bytes += len(chunk)
-                if n_bytes > max_bytes:
-                    await _drain(request, None)
-                    raise _too_large(max_bytes)
-                if chunk:
-                    f.write(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "INVALID_REQUEST", "Upload interrupted before the body was complete") from None
+    with part.open("wb") as f:
+        more_body = True
+        while more_body:
+            message = await _next_message(request, config, deadline_s)
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "INVALID_REQUEST", "Upload interrupted before the body was complete")
+            chunk = message.get("body", b"")
+            n_bytes += len(chunk)
+            if n_bytes > max_bytes:
+                await _drain(request, None, config)
+                raise _too_large(max_bytes)
+            if chunk:
+                f.write(chunk)
+            more_body = message.get("more_body", False)
     return n_bytes
 
 
-async def _drain(request: Request, declared_bytes: int | None) -> None:
-    """Read and drop the rest of an oversized body (bounded) so the client reads our 413."""
+async def _next_message(request: Request, config: ServerConfig, deadline_s: float) -> Message:
+    """The next body message, waiting at most `body_timeout_s` and never past the whole-body deadline."""
+    remaining_s = deadline_s - asyncio.get_running_loop().time()
+    if remaining_s <= 0:
+        raise ApiError(
+            408,
+            "REQUEST_TIMEOUT",
+            f"Upload took longer than {config.upload_timeout_s:g} s",
+            retryable=True,
+            headers=_CLOSE,
+        )
+    try:
+        return await asyncio.wait_for(request.receive(), min(config.body_timeout_s, remaining_s))
+    except TimeoutError:
+        if remaining_s <= config.body_timeout_s:
+            message = f"Upload took longer than {config.upload_timeout_s:g} s"
+        else:
+            message = f"Upload stalled: nothing arrived for {config.body_timeout_s:g} s"
+        raise ApiError(408, "REQUEST_TIMEOUT", message, retryable=True, headers=_CLOSE) from None
+
+
+async def _drain(request: Request, declared_bytes: int | None, config: ServerConfig) -> None:
+    """Read and drop the rest of an oversized body (bounded in bytes and time) so the client reads our 413."""
     if declared_bytes is not None and declared_bytes > DRAIN_LIMIT_BYTES:
         return
     drained = 0
-    with contextlib.suppress(ClientDisconnect, RuntimeError):
-        async for chunk in request.stream():
-            drained += len(chunk)
-            if drained > DRAIN_LIMIT_BYTES:
+    deadline_s = asyncio.get_running_loop().time() + config.body_timeout_s
+    with contextlib.suppress(ApiError):
+        while drained <= DRAIN_LIMIT_BYTES:
+            message = await _next_message(request, config, deadline_s)
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 return
+            drained += len(message.get("body", b""))
 
 
 def _too_large(max_bytes: int) -> ApiError:
-    return ApiError(413, "PAYLOAD_TOO_LARGE", f"Upload exceeds the {max_bytes}-byte limit")
+    return ApiError(413, "PAYLOAD_TOO_LARGE", f"Upload exceeds the {max_bytes}-byte limit", headers=_CLOSE)
 
 
 def _validate_tensor_file(path: Path) -> None:

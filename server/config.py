@@ -7,11 +7,13 @@ overrides win over the environment so tests and the embedded server can pin valu
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_DATA_DIR = "VITALCAM_DATA_DIR"
 ENV_PERSIST_VITALS = "PERSIST_VITALS"
@@ -28,6 +30,11 @@ ENV_VARS: dict[str, str] = {
     "inference_workers": "VITALCAM_INFERENCE_WORKERS",
     "sweep_interval_s": "VITALCAM_SWEEP_INTERVAL_S",
     "expired_retention_s": "VITALCAM_EXPIRED_RETENTION_S",
+    "max_json_body_bytes": "VITALCAM_MAX_JSON_BODY_BYTES",
+    "header_timeout_s": "VITALCAM_HEADER_TIMEOUT_S",
+    "body_timeout_s": "VITALCAM_BODY_TIMEOUT_S",
+    "upload_timeout_s": "VITALCAM_UPLOAD_TIMEOUT_S",
+    "trusted_proxies": "VITALCAM_TRUSTED_PROXIES",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -58,24 +65,58 @@ class ServerConfig:
     monthly_quota: int = 500
     session_ttl_s: int = 1800
     max_upload_bytes: int = 64 * 1024 * 1024
-    # Base of the presigned upload URLs; None means "the URL this request came in on".
+    # Base of the presigned upload URLs. None means "the loopback address this server listens on", which
+    # is only allowed on loopback (`serve` refuses other hosts without it); never taken from a request header.
     public_base_url: str | None = None
     inference_workers: int = 2
     sweep_interval_s: float = 30.0
     # How long an expired session's tombstone (status only, no data) answers GET result before removal.
     expired_retention_s: int = 86400
+    # Largest JSON request body (start, upload-complete); the spec's bodies are under 100 bytes.
+    max_json_body_bytes: int = 8 * 1024
+    # A connection must deliver a request's complete headers within this long of opening (or of the
+    # previous response), else it is closed: idle and trickling connections cannot pile up.
+    header_timeout_s: float = 10.0
+    # Longest pause between two pieces of a request body before the request is answered 408.
+    body_timeout_s: float = 15.0
+    # Longest a whole upload body may take (about 70 KiB/s for a 64 MiB tensor), against trickling.
+    upload_timeout_s: float = 900.0
+    # Peers (IPs or CIDR networks) whose X-Forwarded-For/-Proto headers are believed; nobody by default.
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
         if self.public_base_url is not None:
-            object.__setattr__(self, "public_base_url", self.public_base_url.rstrip("/") or None)
-        for name in ("rate_limit_per_hour", "monthly_quota", "session_ttl_s", "max_upload_bytes"):
+            object.__setattr__(self, "public_base_url", _checked_base_url(self.public_base_url))
+        if isinstance(self.trusted_proxies, str):
+            object.__setattr__(self, "trusted_proxies", _split_list(self.trusted_proxies))
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
+        for name in (
+            "rate_limit_per_hour",
+            "monthly_quota",
+            "session_ttl_s",
+            "max_upload_bytes",
+            "max_json_body_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.inference_workers < 1:
             raise ValueError(f"inference_workers must be >= 1, got {self.inference_workers}")
-        if self.sweep_interval_s <= 0:
-            raise ValueError(f"sweep_interval_s must be > 0, got {self.sweep_interval_s}")
+        for name in ("sweep_interval_s", "header_timeout_s", "body_timeout_s", "upload_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {proxy!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"
+                ) from None
+        if self.trusted_proxies and self.public_base_url is None:
+            raise ValueError(
+                "trusted_proxies needs public_base_url (VITALCAM_PUBLIC_BASE_URL): behind a proxy the server "
+                "cannot know its public address, and it never takes one from request headers"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
@@ -114,6 +155,25 @@ def _parse(var: str, type_name: object, raw: str) -> Any:
             return float(raw)
         if type_text == "Path":
             return Path(raw)
+        if type_text.startswith("tuple"):
+            return _split_list(raw)
         return raw
     except ValueError as exc:
         raise ValueError(f"environment variable {var}={raw!r} is invalid: {exc}") from None
+
+
+def _split_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _checked_base_url(url: str) -> str | None:
+    """`https://host[:port][/prefix]` without a trailing slash; anything else is a configuration error."""
+    url = url.strip().rstrip("/")
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(
+            f"public_base_url must look like https://host[:port][/path] (no query or fragment), got {url!r}"
+        )
+    return url

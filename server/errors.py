@@ -22,6 +22,7 @@ _HTTP_CODES = {
     403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
     413: "PAYLOAD_TOO_LARGE",
     415: "INVALID_REQUEST",
 }
@@ -50,8 +51,13 @@ class ApiError(Exception):
 def error_response(
     status_code: int, code: str, message: str, retryable: bool = False, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    """The standard error body. Messages may quote client input (a field name, a tensor name), which can
+    hold lone surrogates that UTF-8 cannot encode; they are escaped rather than turning a 400 into a 500."""
+    safe_message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse(
-        {"error": code, "message": message, "retryable": retryable}, status_code=status_code, headers=headers
+        {"error": code, "message": safe_message, "retryable": retryable},
+        status_code=status_code,
+        headers=headers,
     )
 
 

@@ -6,6 +6,8 @@ tests talk to it over HTTP exactly as they would to a deployed backend, so nothi
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import shutil
 import tempfile
@@ -16,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from server.app import create_app
 from server.config import ServerConfig
@@ -27,6 +30,10 @@ log = logging.getLogger("vitalcam.server")
 _START_TIMEOUT_S = 15.0
 
 
+class UnsafeBindError(ValueError):
+    """`serve` was asked to listen beyond loopback without a public URL to put in upload URLs."""
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -34,8 +41,13 @@ def serve(
     *,
     log_level: str = "info",
 ) -> None:
-    """Run the reference backend until interrupted; configuration comes from the environment."""
+    """Run the reference backend until interrupted; configuration comes from the environment.
+
+    Raises UnsafeBindError for a non-loopback `host` without VITALCAM_PUBLIC_BASE_URL: upload URLs are
+    never built from request headers, so such a server would have no trustworthy address to hand out.
+    """
     config = ServerConfig.from_env(data_dir=Path(data_dir) if data_dir is not None else None)
+    check_bind(host, config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if not any(k.active for k in list_keys(config.data_dir)):
         log.warning(
@@ -43,7 +55,98 @@ def serve(
             config.data_dir,
             config.data_dir,
         )
-    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level)
+    uvicorn.Server(uvicorn_config(create_app(config), config, host, port, log_level)).run()
+
+
+def check_bind(host: str, config: ServerConfig) -> None:
+    """Refuse a non-loopback address unless upload URLs have a configured public base."""
+    if config.public_base_url is None and not is_loopback_host(host):
+        raise UnsafeBindError(
+            f"refusing to serve on {host!r} without VITALCAM_PUBLIC_BASE_URL: set it to the URL clients use "
+            "to reach this server (e.g. https://vitals.example), or bind to 127.0.0.1"
+        )
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; a hostname or a wildcard (0.0.0.0, ::) is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def uvicorn_config(
+    app: Any, config: ServerConfig, host: str, port: int, log_level: str, **extra: Any
+) -> uvicorn.Config:
+    """The one uvicorn configuration both `serve` and `start_embedded` use.
+
+    Forwarded headers are believed only from `config.trusted_proxies` (uvicorn's default trusts loopback,
+    i.e. every local process); connections that do not finish their headers in `header_timeout_s` are
+    closed by `header_timeout_protocol`.
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=header_timeout_protocol(config.header_timeout_s),
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=list(config.trusted_proxies),
+        **extra,
+    )
+
+
+def header_timeout_protocol(header_timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, plus a deadline for receiving each request's headers.
+
+    uvicorn times out only idle keep-alive connections, and cancels even that timer on the first byte
+    received; a connection that sends nothing, half a request line, or trickles a body after the response,
+    is otherwise held for ever. Here, whenever no request is being handled (from the connection opening,
+    and from each response's end) the next request's headers must be complete within `header_timeout_s`,
+    however the bytes trickle in, or the connection is closed. Stalled bodies are the app's business
+    (`body_timeout_s`), because only the app knows when it is waiting for one.
+    """
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            self._arm_header_timer()  # first: super() may start a pipelined request, which disarms it
+            super().on_response_complete()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._handling_request():
+                self._disarm_header_timer()
+
+        def _handling_request(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def _arm_header_timer(self) -> None:
+            self._disarm_header_timer()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._on_header_timeout)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _on_header_timeout(self) -> None:
+            self._header_timer = None
+            if not self._handling_request() and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutH11Protocol
 
 
 @dataclass
@@ -101,9 +204,7 @@ def start_embedded(
         config = ServerConfig(data_dir=root, persist_vitals=persist_vitals, **config_overrides)
         api_key = create_key(config.data_dir, developer, live=False)
         app = create_app(config, infer=infer)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-        )
+        server = uvicorn.Server(uvicorn_config(app, config, "127.0.0.1", port, "warning", lifespan="on"))
         thread = threading.Thread(target=server.run, name="vitalcam-embedded-server", daemon=True)
         thread.start()
         if not _wait_started(server, thread):

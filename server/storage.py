@@ -5,6 +5,11 @@ microseconds), so serialising them is cheaper and simpler than a connection per 
 SQLite's single writer with busy retries, and it makes counters (rate limits, quota) exact under
 concurrency. WAL mode keeps other processes (`vitalcam keys ...` while the server runs) from blocking
 readers; `busy_timeout` covers their writes.
+
+Deleting health data must reach the disk, not just the table: `secure_delete` zeroes deleted rows in the
+pages they occupied, and every privacy deletion (a session after its upload-complete response, results and
+demographics at expiry) ends with a truncating WAL checkpoint, because the WAL otherwise keeps earlier
+copies of those pages (with the demographics and results in them) until later traffic overwrites them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import calendar
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -24,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+log = logging.getLogger("vitalcam.server")
 
 DB_NAME: Final = "vitalcam.sqlite3"
 SECRET_NAME: Final = "server_secret"
@@ -176,6 +184,10 @@ class Store:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        # Not left to the build's default: deleted rows and freed pages are overwritten with zeros.
+        (secure_delete,) = self._conn.execute("PRAGMA secure_delete=ON").fetchone()
+        if secure_delete != 1:
+            raise RuntimeError("this SQLite build cannot enable secure_delete; refusing to store health data")
         with self._lock:
             self._conn.executescript(_SCHEMA)
 
@@ -194,6 +206,23 @@ class Store:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it to zero bytes (call with the lock held).
+
+        After a privacy deletion this removes the earlier page images that still hold the deleted data.
+        Another process reading at that moment makes SQLite wait up to busy_timeout; if it is still busy the
+        WAL is truncated by the next deletion's checkpoint instead, and we say so in the log.
+        """
+        busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            log.warning(
+                "WAL checkpoint blocked by another reader; deleted data stays in the WAL until the next"
+            )
+
+    def checkpoint(self) -> None:
+        with self._lock:
+            self._checkpoint()
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -393,8 +422,10 @@ class Store:
             )
 
     def delete_session(self, session_id: str) -> None:
+        """Remove every trace of a session: its row, from the WAL too, and its upload."""
         with self._tx() as conn:
             conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        self.checkpoint()
         self.blob_path(session_id).unlink(missing_ok=True)
 
     def blob_path(self, session_id: str, suffix: str = ".bin") -> Path:
@@ -410,6 +441,7 @@ class Store:
             conn.execute(
                 "UPDATE sessions SET status = 'created' WHERE status = 'uploading' AND uploaded_at IS NULL"
             )
+        self.checkpoint()  # a previous process may have died between a deletion and its checkpoint
         for part in self.uploads_dir.glob("*.part"):
             part.unlink(missing_ok=True)
 
@@ -432,10 +464,12 @@ class Store:
                 "WHERE expires_at <= ? AND status NOT IN ('expired', 'processing')",
                 (now_s,),
             )
-            conn.execute(
+            removed = conn.execute(
                 "DELETE FROM sessions WHERE status = 'expired' AND expires_at <= ?", (now_s - retention_s,)
-            )
+            ).rowcount
             conn.execute("DELETE FROM rate_windows WHERE window_start < ?", (now_s - 2 * RATE_WINDOW_S,))
+        if expiring or removed:
+            self.checkpoint()
         for session_id in expiring:
             self.blob_path(session_id).unlink(missing_ok=True)
         return len(expiring)
