@@ -1,8 +1,9 @@
 """Test helpers for the transport tests: a fault-injecting HTTP proxy and a backend to put behind it.
 
 `FaultProxy` sits on 127.0.0.1 (ephemeral port) in front of a real server and, per scripted request,
-drops the connection (before or after forwarding), delays past the client's timeout, or answers with a
-canned status/body/headers; everything else is forwarded untouched. It records every request so tests can
+drops the connection (before or after forwarding), delays past the client's timeout, answers with a
+canned status/body/headers (at once, trickled byte by byte, or as a body of any size streamed without
+holding it), or forwards with its own response headers; everything else is forwarded untouched. It records every request so tests can
 assert exact attempt counts. It speaks just enough HTTP/1.1 for httpx (Content-Length bodies,
 `Connection: close` on every answer) and rewrites the upstream's address in start responses so the
 presigned upload URL also goes through the proxy.
@@ -35,6 +36,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body_len: int
     fault: str
+    sent_bytes: int = 0  # response bytes the proxy managed to write (for the trickle and huge faults)
 
 
 @dataclass
@@ -52,6 +54,11 @@ class FaultProxy:
     ("drop_after",)                      forward (the server acts on it), then close without answering
     ("delay", seconds)                   wait, then forward and answer (a client timeout fires first)
     ("respond", status, body, headers)   answer directly; body is a dict (JSON), bytes or str
+    ("trickle", status, body, headers, interval_s)       the whole answer, head included, one byte per
+                                                         interval (a server that never quite stops)
+    ("trickle_body", status, body, headers, interval_s)  the head at once, then the body byte by byte
+    ("respond_huge", status, n_bytes, headers)           a body of n_bytes, generated while sending
+    ("pass_headers", headers)            forward, then answer with these headers added or replaced
     """
 
     def __init__(self, upstream_url: str) -> None:
@@ -118,11 +125,20 @@ class FaultProxy:
             return
         method, target, headers, body = request
         fault = self._next_fault(method, target)
+        record = RecordedRequest(method, target, headers, len(body), fault[0])
         with self._lock:
-            self.requests.append(RecordedRequest(method, target, headers, len(body), fault[0]))
+            self.requests.append(record)
         kind = fault[0]
         if kind == "drop_before":
             _hard_close(sock)
+            return
+        if kind in ("trickle", "trickle_body"):
+            status, payload, extra, interval_s = fault[1:5]
+            head, data = _response_bytes(status, _encode(payload), {"Content-Type": _ctype(payload), **extra})
+            record.sent_bytes = _trickle(sock, head, data, interval_s, head_at_once=kind == "trickle_body")
+            return
+        if kind == "respond_huge":
+            record.sent_bytes = _send_huge(sock, fault[1], fault[2], fault[3] if len(fault) > 3 else {})
             return
         if kind == "respond":
             status, payload = fault[1], fault[2]
@@ -143,6 +159,11 @@ class FaultProxy:
             return
         if method == "POST" and target.startswith("/sdk/session/start"):
             resp_body = resp_body.replace(self.upstream_url.encode(), self.url.encode())
+        if kind == "pass_headers":
+            resp_headers = {
+                k: v for k, v in resp_headers.items() if k.lower() not in {h.lower() for h in fault[1]}
+            }
+            resp_headers.update(fault[1])
         with contextlib.suppress(OSError):
             _write_response(sock, status, resp_body, resp_headers)
 
@@ -210,16 +231,61 @@ def _ctype(payload: Any) -> str:
     return "application/json"
 
 
-def _write_response(sock: socket.socket, status: int, body: bytes, headers: dict[str, str]) -> None:
+def _response_head(status: int, headers: dict[str, str], content_length: int) -> bytes:
     reason = http.client.responses.get(status, "Unknown")
     lines = [f"HTTP/1.1 {status} {reason}"]
     for key, value in headers.items():
         lines.append(f"{key}: {value}")
-    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
-    sock.sendall("\r\n".join(lines).encode("latin-1") + body)
+    lines += [f"Content-Length: {content_length}", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def _response_bytes(status: int, body: bytes, headers: dict[str, str]) -> tuple[bytes, bytes]:
+    return _response_head(status, headers, len(body)), body
+
+
+def _write_response(sock: socket.socket, status: int, body: bytes, headers: dict[str, str]) -> None:
+    sock.sendall(_response_head(status, headers, len(body)) + body)
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
     sock.close()
+
+
+def _trickle(sock: socket.socket, head: bytes, body: bytes, interval_s: float, *, head_at_once: bool) -> int:
+    """Send one byte per `interval_s` until done or the client hangs up; returns the bytes sent."""
+    sent = 0
+    try:
+        if head_at_once:
+            sock.sendall(head)
+            sent, rest = len(head), body
+        else:
+            rest = head + body
+        for i in range(len(rest)):
+            sock.sendall(rest[i : i + 1])
+            sent += 1
+            time.sleep(interval_s)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return sent
+
+
+def _send_huge(sock: socket.socket, status: int, n_bytes: int, headers: dict[str, str]) -> int:
+    """A body of `n_bytes` made up on the fly (the proxy never holds it); returns the bytes sent."""
+    block = b"[" + b" " * (1024 * 1024 - 1)
+    sent = 0
+    try:
+        sock.sendall(_response_head(status, {"Content-Type": "application/json", **headers}, n_bytes))
+        while sent < n_bytes:
+            piece = block[: n_bytes - sent]
+            sock.sendall(piece)
+            sent += len(piece)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return sent
 
 
 # -- the backend behind the proxy --------------------------------------------------------------------

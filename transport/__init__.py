@@ -12,6 +12,7 @@ from transport.client import SessionClient
 from transport.errors import (
     ApiKeyInvalid,
     Conflict,
+    DeadlineExceeded,
     Forbidden,
     InvalidRequest,
     NetworkError,
@@ -44,6 +45,7 @@ __all__ = [
     "ApiKeyInvalid",
     "AsyncSessionClient",
     "Conflict",
+    "DeadlineExceeded",
     "Demographics",
     "FallbackConfig",
     "Forbidden",

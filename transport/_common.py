@@ -6,7 +6,7 @@ I/O lives here so the two cannot drift apart.
 
 from __future__ import annotations
 
-import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -15,12 +15,18 @@ from typing import Any
 
 import httpx
 
+from transport._deadline import current_measure_deadline, measure_time_left_s
+from transport._json import parse_json
 from transport.errors import (
+    DeadlineExceeded,
     NetworkError,
     ResultNotPersisted,
     SessionExpired,
+    UnexpectedResponse,
     VitalcamError,
     error_from_response,
+    error_from_transport,
+    request_id_of,
     unexpected_body,
 )
 from transport.models import Demographics, Result
@@ -30,6 +36,10 @@ COMPLETE_PATH = "/sdk/session/upload-complete"
 RESULT_PATH = "/sdk/session/result/{session_id}"
 UPLOAD_CONTENT_TYPE = "video/webm"  # the spec's label; the body is the vitalcam tensor (safetensors)
 CHUNK_BYTES = 256 * 1024
+# The sessions API answers with a few KB of JSON; a bigger answer is refused instead of buffered.
+MAX_RESPONSE_BYTES = 1024 * 1024
+# Errors raised by httpx that are not transport failures but still mean "this answer is unusable".
+RESPONSE_ERRORS = (httpx.DecodingError, httpx.TooManyRedirects, httpx.InvalidURL)
 # Statuses meaning "upload-complete never reached the server": polling will not progress, so send it again.
 NOT_STARTED_STATUSES = frozenset({"created", "uploading", "uploaded"})
 
@@ -121,9 +131,111 @@ def json_body(response: httpx.Response, what: str) -> Any:
     if not response.is_success:
         raise error_from_response(response)
     try:
-        return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+        return parse_json(response.content)
+    except ValueError:
         raise unexpected_body(response, what) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When one request must be over (monotonic s), and why: its own timeout or the measurement's."""
+
+    at_s: float
+    timeout_s: float
+    measure_binds: bool
+
+    @classmethod
+    def within(cls, timeout_s: float) -> Deadline:
+        own_s = time.monotonic() + timeout_s
+        measure_s = current_measure_deadline()
+        if measure_s is not None and measure_s <= own_s:
+            return cls(measure_s, timeout_s, True)
+        return cls(own_s, timeout_s, False)
+
+    def check_not_passed(self, method: str, url: str) -> None:
+        """Before sending: a measurement out of time sends nothing more."""
+        if self.measure_binds and self.at_s <= time.monotonic():
+            raise DeadlineExceeded(f"the measurement's deadline passed before {method} {_no_query(url)}")
+
+    def transport_error(self, exc: httpx.TransportError, request: httpx.Request) -> NetworkError:
+        measure_passed = self.measure_binds and measure_time_left_s() <= 0.01
+        if measure_passed:
+            note = "the measurement's deadline (measure_timeout_s) passed"
+        else:
+            note = f"no complete answer within the request's deadline of {self.timeout_s:g} s"
+        return error_from_transport(exc, request, deadline_note=note, measure_deadline_passed=measure_passed)
+
+
+def _no_query(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+class BodyReader:
+    """Collects a streamed response body, never more than `max_bytes` and never past the deadline.
+
+    A success body over the limit is an UnexpectedResponse (nothing the API sends is that big, and
+    buffering it is how a 300 MiB answer cost the client 900 MiB); an error body is cut at the limit,
+    since only its start is shown.
+    """
+
+    def __init__(self, response: httpx.Response, max_bytes: int, deadline: Deadline) -> None:
+        self.response = response
+        self.max_bytes = max_bytes
+        self.deadline = deadline
+        self.body = bytearray()
+
+    def add(self, chunk: bytes) -> bool:
+        """Take one chunk; False when reading should stop (an error body at the limit)."""
+        if time.monotonic() > self.deadline.at_s:
+            raise httpx.ReadTimeout("the request's deadline passed", request=self.response.request)
+        room = self.max_bytes - len(self.body)
+        if len(chunk) <= room:
+            self.body += chunk
+            return True
+        if self.response.is_success:
+            request = self.response.request
+            raise UnexpectedResponse(
+                f"HTTP {self.response.status_code} from {request.method} {request.url.copy_with(query=None)}: "
+                f"the body exceeds the {self.max_bytes}-byte limit for an API answer",
+                status=self.response.status_code,
+                request_id=request_id_of(self.response),
+            )
+        self.body += chunk[:room]
+        return False
+
+    def finish(self) -> httpx.Response:
+        """A fully read response with the collected (already decoded) body."""
+        skip = {b"content-encoding", b"content-length", b"transfer-encoding"}
+        headers = [(k, v) for k, v in self.response.headers.raw if k.lower() not in skip]
+        extensions = {
+            k: v for k, v in self.response.extensions.items() if k in ("http_version", "reason_phrase")
+        }
+        return httpx.Response(
+            self.response.status_code,
+            headers=headers,
+            content=bytes(self.body),
+            request=self.response.request,
+            extensions=extensions,
+        )
+
+
+def unusable_answer(
+    exc: Exception, method: str, url: str | httpx.URL, request_id: str | None = None
+) -> UnexpectedResponse:
+    """httpx could not use what came back (undecodable body, a URL it cannot parse): a typed error."""
+    return UnexpectedResponse(
+        f"unusable answer to {method} {_no_query(str(url))}: {type(exc).__name__}: {str(exc)[:200]}",
+        request_id=request_id,
+    )
+
+
+def unexpected_failure(exc: Exception) -> VitalcamError:
+    """Last resort for `measure()`: a failure no rule above typed still gets a VitalcamError (and the outbox)."""
+    error = VitalcamError(
+        f"unexpected failure: {type(exc).__name__}: {str(exc)[:300]}", code="UNEXPECTED_ERROR"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def check_upload(response: httpx.Response) -> None:
@@ -170,10 +282,14 @@ def not_persisted(session_id: str) -> ResultNotPersisted:
 
 __all__ = [
     "COMPLETE_PATH",
+    "MAX_RESPONSE_BYTES",
     "NOT_STARTED_STATUSES",
+    "RESPONSE_ERRORS",
     "RESULT_PATH",
     "START_PATH",
     "UPLOAD_CONTENT_TYPE",
+    "BodyReader",
+    "Deadline",
     "Payload",
     "PayloadSource",
     "Progress",
@@ -184,6 +300,8 @@ __all__ = [
     "not_persisted",
     "start_body",
     "terminal_or_raise",
+    "unexpected_failure",
+    "unusable_answer",
     "upload_headers",
     "upload_landed_status",
     "user_agent",

@@ -2,6 +2,10 @@
 
 Like httpx itself, the client is split from its transport: pass `transport=` (an `httpx.BaseTransport`,
 e.g. `httpx.MockTransport` or one with proxies/certificates) and the client logic stays unchanged.
+
+Every request has a whole-request deadline (httpx's own timeouts bound single socket operations only, so a
+server trickling one byte a second would hold a request for ever) and every `measure()` a deadline of its
+own; answers are read streamed and refused past MAX_RESPONSE_BYTES. See transport/_deadline.py.
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ import httpx
 
 from transport._common import (
     COMPLETE_PATH,
+    MAX_RESPONSE_BYTES,
     NOT_STARTED_STATUSES,
+    RESPONSE_ERRORS,
     RESULT_PATH,
     START_PATH,
+    BodyReader,
+    Deadline,
     Payload,
     PayloadSource,
     Progress,
@@ -27,11 +35,15 @@ from transport._common import (
     not_persisted,
     start_body,
     terminal_or_raise,
+    unexpected_failure,
+    unusable_answer,
     upload_headers,
     upload_landed_status,
     user_agent,
 )
+from transport._deadline import enforce_deadlines, measure_deadline, measure_time_left_s, request_deadline
 from transport.errors import (
+    DeadlineExceeded,
     NetworkError,
     ResultNotPersisted,
     ResultTimeout,
@@ -39,7 +51,6 @@ from transport.errors import (
     SessionNotFound,
     UploadUrlExpired,
     VitalcamError,
-    error_from_transport,
 )
 from transport.models import Demographics, Result, StartedSession
 from transport.outbox import Outbox
@@ -49,10 +60,12 @@ from transport.retry import RetryPolicy, call_with_retry
 class SessionClient:
     """Talks to any server speaking the sessions API (our reference backend or a hosted one).
 
-    `timeout_s` bounds each ordinary request; `processing_timeout_s` bounds the wait for upload-complete,
-    which returns only after inference (the spec's example took 74 s). When that wait fails after the
-    request was sent, `measure()` polls the result endpoint every `poll_interval_s` for up to
-    `poll_timeout_s`. Use as a context manager, or call `close()`.
+    Deadlines are for the whole request, from connecting to the last byte of the answer: `timeout_s` for
+    ordinary requests, `upload_timeout_s` for the PUT of the tensor, `processing_timeout_s` for
+    upload-complete, which returns only after inference (the spec's example took 74 s). When that wait
+    fails after the request was sent, `measure()` polls the result endpoint every `poll_interval_s` for up
+    to `poll_timeout_s`. `measure_timeout_s` bounds a whole `measure()`, retries included; answers larger
+    than `max_response_bytes` are refused. Use as a context manager, or call `close()`.
     """
 
     def __init__(
@@ -66,6 +79,9 @@ class SessionClient:
         processing_timeout_s: float = 180.0,
         poll_interval_s: float = 2.0,
         poll_timeout_s: float = 120.0,
+        upload_timeout_s: float = 300.0,
+        measure_timeout_s: float = 600.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
@@ -74,12 +90,16 @@ class SessionClient:
         self.processing_timeout_s = processing_timeout_s
         self.poll_interval_s = poll_interval_s
         self.poll_timeout_s = poll_timeout_s
+        self.upload_timeout_s = upload_timeout_s
+        self.measure_timeout_s = measure_timeout_s
+        self.max_response_bytes = max_response_bytes
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s),
             transport=transport,
             headers={"User-Agent": user_agent()},
         )
+        enforce_deadlines(self._http)
 
     def __repr__(self) -> str:
         return f"SessionClient({self.base_url!r})"
@@ -101,7 +121,7 @@ class SessionClient:
         """POST /sdk/session/start. Retried on transient errors: an unused extra session is harmless."""
 
         def attempt() -> StartedSession:
-            response = self._send("POST", START_PATH, json=start_body(demographics))
+            response = self._send("POST", START_PATH, self.timeout_s, json=start_body(demographics))
             return StartedSession.from_response(response, json_body(response, "session start"))
 
         return call_with_retry(self.retry, attempt)
@@ -121,6 +141,7 @@ class SessionClient:
                 response = self._send(
                     "PUT",
                     session.upload_url,
+                    self.upload_timeout_s,
                     content=source.chunks(progress),
                     headers=upload_headers(source.size),
                     api=False,
@@ -140,7 +161,8 @@ class SessionClient:
         """POST /sdk/session/upload-complete: runs inference and returns the result.
 
         Retried only while the server surely did not receive it; if the request was sent and the answer
-        lost, this raises NetworkError with `maybe_processed=True` (`measure()` then polls instead).
+        lost, this raises NetworkError with `maybe_processed=True` (`measure()` then polls instead). An
+        answer about any other session than this one is an UnexpectedResponse.
         """
         session_id = _session_id(session)
 
@@ -148,10 +170,12 @@ class SessionClient:
             response = self._send(
                 "POST",
                 COMPLETE_PATH,
+                self.processing_timeout_s,
                 json={"session_id": session_id},
                 timeout=httpx.Timeout(self.timeout_s, read=self.processing_timeout_s),
             )
-            return Result.from_response(response, json_body(response, "upload-complete"), "upload-complete")
+            body = json_body(response, "upload-complete")
+            return Result.from_response(response, body, "upload-complete", session_id)
 
         return call_with_retry(self.retry, attempt, complete_should_retry)
 
@@ -183,20 +207,25 @@ class SessionClient:
         """Start, upload, complete (falling back to polling) and return the result.
 
         If the session or its upload URL expires, or the result was lost on a non-persisting server, the
-        workflow runs once more with a fresh session. If it still cannot finish and an `outbox` is given,
-        the payload is saved there (unless the server rejected the payload itself) and the error is
-        re-raised with `.outbox_path` set, for a later `retry_outbox()`.
+        workflow runs once more with a fresh session. All of it ends within `measure_timeout_s`
+        (DeadlineExceeded otherwise). If it cannot finish and an `outbox` is given, the payload is saved
+        there (unless the server rejected the payload itself) and the error is re-raised with
+        `.outbox_path` set, for a later `retry_outbox()`. Every failure is a VitalcamError.
         """
-        try:
+        with measure_deadline(self.measure_timeout_s):
             try:
-                return self._measure_once(payload, demographics, progress)
-            except (SessionExpired, ResultNotPersisted):
-                return self._measure_once(payload, demographics, progress)
-        except VitalcamError as exc:
-            if outbox is not None and exc.replayable:
-                item = outbox.save(payload, api_url=self.base_url, demographics=demographics, error=exc)
-                exc.outbox_path = item.payload_path
-            raise
+                try:
+                    return self._measure_once(payload, demographics, progress)
+                except (SessionExpired, ResultNotPersisted):
+                    return self._measure_once(payload, demographics, progress)
+            except VitalcamError as exc:
+                error = exc
+            except Exception as exc:  # a bug or an answer no rule foresaw: still keep the measurement
+                error = unexpected_failure(exc)
+        if outbox is not None and error.replayable:
+            item = outbox.save(payload, api_url=self.base_url, demographics=demographics, error=error)
+            error.outbox_path = item.payload_path
+        raise error
 
     def _measure_once(
         self, payload: Payload, demographics: Demographics | None, progress: Progress | None
@@ -212,17 +241,39 @@ class SessionClient:
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _send(self, method: str, url: str, *, api: bool = True, **kwargs: Any) -> httpx.Response:
-        """One HTTP exchange; transport failures become NetworkError. The API key goes only to API calls."""
+    def _send(
+        self, method: str, url: str, timeout_s: float, *, api: bool = True, **kwargs: Any
+    ) -> httpx.Response:
+        """One HTTP exchange, over within `timeout_s` (and the measurement's deadline), its answer read
+        in full but never beyond `max_response_bytes`. Transport failures become NetworkError, unusable
+        answers UnexpectedResponse. The API key goes only to API calls."""
         headers = {**(api_headers(self.api_key) if api else {}), **kwargs.pop("headers", {})}
+        deadline = Deadline.within(timeout_s)
+        deadline.check_not_passed(method, url)
         try:
-            return self._http.request(method, url, headers=headers, **kwargs)
+            request = self._http.build_request(method, url, headers=headers, **kwargs)
+        except RESPONSE_ERRORS as exc:
+            raise unusable_answer(exc, method, url) from exc
+        try:
+            with request_deadline(deadline.at_s):
+                response = self._http.send(request, stream=True)
+                try:
+                    reader = BodyReader(response, self.max_response_bytes, deadline)
+                    for chunk in response.iter_bytes():
+                        if not reader.add(chunk):
+                            break
+                finally:
+                    response.close()
         except httpx.TransportError as exc:
-            raise error_from_transport(exc) from exc
+            raise deadline.transport_error(exc, request) from exc
+        except RESPONSE_ERRORS as exc:
+            raise unusable_answer(exc, method, request.url, request.headers.get("x-request-id")) from exc
+        return reader.finish()
 
-    def _get_result(self, session_id: str) -> Result:
-        response = self._send("GET", RESULT_PATH.format(session_id=session_id))
-        return Result.from_response(response, json_body(response, "result"), "result")
+    def _get_result(self, session_id: str, timeout_s: float | None = None) -> Result:
+        path = RESULT_PATH.format(session_id=session_id)
+        response = self._send("GET", path, self.timeout_s if timeout_s is None else timeout_s)
+        return Result.from_response(response, json_body(response, "result"), "result", session_id)
 
     def _upload_landed(self, session_id: str) -> bool:
         try:
@@ -239,10 +290,13 @@ class SessionClient:
         last_error: VitalcamError | None = None
         while True:
             try:
-                result = self._get_result(session_id)
+                left_s = max(0.001, deadline - time.monotonic())
+                result = self._get_result(session_id, min(self.timeout_s, left_s))
             except SessionNotFound as exc:
                 if existed:
                     raise not_persisted(session_id) from exc
+                raise
+            except DeadlineExceeded:
                 raise
             except VitalcamError as exc:
                 if not exc.retryable:
@@ -261,12 +315,16 @@ class SessionClient:
                         if not exc.maybe_processed:
                             raise
             remaining = deadline - time.monotonic()
+            if measure_time_left_s() <= 0:
+                raise DeadlineExceeded(
+                    f"the measurement's deadline passed while polling session {session_id}"
+                )
             if remaining <= 0:
                 raise ResultTimeout(
                     f"session {session_id} had no result after {timeout_s:g} s of polling"
                     + (f" (last error: {last_error})" if last_error else ""),
                 )
-            time.sleep(min(interval_s, remaining))
+            time.sleep(max(0.0, min(interval_s, remaining, measure_time_left_s())))
 
 
 def _session_id(session: StartedSession | str) -> str:

@@ -8,12 +8,14 @@ HTML page, an empty 502, a truncated body), so no caller ever sees a KeyError or
 from __future__ import annotations
 
 import email.utils
-import json
+import math
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+
+from transport._json import parse_json
 
 _SNIPPET_CHARS = 200
 
@@ -181,6 +183,15 @@ class NetworkError(VitalcamError):
         self.maybe_processed = maybe_processed
 
 
+class DeadlineExceeded(NetworkError):
+    """`measure()` ran out of its `measure_timeout_s`: whatever step was running was cut short.
+
+    Retryable (the same payload may well succeed later), so `measure(outbox=...)` keeps it.
+    """
+
+    default_code = "DEADLINE_EXCEEDED"
+
+
 ERROR_CLASSES: dict[str, type[VitalcamError]] = {
     "INVALID_REQUEST": InvalidRequest,
     "PAYLOAD_TOO_LARGE": PayloadTooLarge,
@@ -190,6 +201,7 @@ ERROR_CLASSES: dict[str, type[VitalcamError]] = {
     "RATE_LIMIT_EXCEEDED": RateLimitExceeded,
     "QUOTA_EXCEEDED": QuotaExceeded,
     "SESSION_EXPIRED": SessionExpired,
+    "REQUEST_TIMEOUT": NetworkError,
 }
 
 # Used when the body carries no (known) code: the status alone still picks a sensible class.
@@ -197,6 +209,7 @@ _STATUS_CLASSES: dict[int, type[VitalcamError]] = {
     400: InvalidRequest,
     401: ApiKeyInvalid,
     403: Forbidden,
+    408: NetworkError,  # the server stopped waiting for our request; nothing was processed
     410: SessionExpired,
     413: PayloadTooLarge,
     422: InvalidRequest,
@@ -210,14 +223,16 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return None if math.isnan(seconds) else max(0.0, seconds)  # inf stays inf: the policy refuses it
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError, OSError, IndexError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return max(0.0, when - (time.time() if now is None else now))
 
 
 def _body_snippet(response: httpx.Response) -> str:
@@ -247,8 +262,8 @@ def error_from_response(response: httpx.Response, *, upload: bool = False) -> Vi
     retry_after_s = parse_retry_after(response.headers.get("retry-after"))
     body: Any = None
     try:
-        body = json.loads(response.content) if response.content else None
-    except (ValueError, UnicodeDecodeError):
+        body = parse_json(response.content) if response.content else None
+    except ValueError:
         body = None
     code = body.get("error") if isinstance(body, dict) else None
     code = code if isinstance(code, str) and code else None
@@ -291,17 +306,31 @@ def error_from_response(response: httpx.Response, *, upload: bool = False) -> Vi
     )
 
 
-def error_from_transport(exc: httpx.TransportError, request: httpx.Request | None = None) -> NetworkError:
-    """Wrap an httpx transport failure, recording whether the server may already have acted on the request."""
+def error_from_transport(
+    exc: httpx.TransportError,
+    request: httpx.Request | None = None,
+    *,
+    deadline_note: str | None = None,
+    measure_deadline_passed: bool = False,
+) -> NetworkError:
+    """Wrap an httpx transport failure, recording whether the server may already have acted on the request.
+
+    `deadline_note` explains a timeout that was a deadline rather than one slow socket operation;
+    `measure_deadline_passed` makes it a DeadlineExceeded (the whole measurement ran out of time).
+    """
     maybe_processed = isinstance(exc, httpx.ReadTimeout | httpx.ReadError | httpx.RemoteProtocolError)
     try:
         req = request or exc.request
     except RuntimeError:  # httpx raises when the exception was created without a request
         req = None
     where = f" during {req.method} {req.url.copy_with(query=None)}" if req is not None else ""
-    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
+    timed_out = isinstance(exc, httpx.TimeoutException)
+    kind = "timed out" if timed_out else "failed"
     detail = str(exc) or type(exc).__name__
-    return NetworkError(
+    if timed_out and deadline_note:
+        detail = deadline_note
+    cls = DeadlineExceeded if timed_out and measure_deadline_passed else NetworkError
+    return cls(
         f"network request {kind}{where}: {detail}",
         maybe_processed=maybe_processed,
         request_id=req.headers.get("x-request-id") if req is not None else None,
@@ -322,6 +351,7 @@ __all__ = [
     "ERROR_CLASSES",
     "ApiKeyInvalid",
     "Conflict",
+    "DeadlineExceeded",
     "Forbidden",
     "InvalidRequest",
     "NetworkError",

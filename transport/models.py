@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -81,10 +82,34 @@ class Usage:
         return cls(*values) if values else None
 
 
+_DECIMAL = re.compile(r"[+-]?[0-9]{1,18}")
+
+
 def _int_headers(headers: httpx.Headers, *names: str) -> tuple[int, ...] | None:
+    """All named headers as integers, or None when any is missing or not a sane number (inf, 1e999, nan)."""
+    values = []
+    for name in names:
+        value = _header_int(headers.get(name))
+        if value is None:
+            return None
+        values.append(value)
+    return tuple(values)
+
+
+def _header_int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    text = text.strip()
+    if _DECIMAL.fullmatch(text):
+        return int(text)
+    number = _finite(_float_or_none(text))
+    return int(number) if number is not None and abs(number) < 1e18 else None
+
+
+def _float_or_none(text: str) -> float | None:
     try:
-        return tuple(int(float(headers[name])) for name in names)
-    except (KeyError, ValueError):
+        return float(text)
+    except ValueError:
         return None
 
 
@@ -115,9 +140,7 @@ class Vitals:
 
         def num(key: str) -> float | None:
             value = data.get(key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                return None
-            return value
+            return value if _finite(value) is not None else None
 
         return cls(
             heart_rate=num("heart_rate"),
@@ -167,10 +190,12 @@ class FallbackConfig:
         confidence = 0.0
         if isinstance(data, Mapping):
             for key, value in data.items():
-                if isinstance(value, Mapping) and _is_num(value.get("min")) and _is_num(value.get("max")):
-                    ranges[key] = Range(float(value["min"]), float(value["max"]))
-            if _is_num(data.get("confidence")):
-                confidence = float(data["confidence"])
+                if not isinstance(value, Mapping):
+                    continue
+                low, high = _finite(value.get("min")), _finite(value.get("max"))
+                if low is not None and high is not None:
+                    ranges[str(key)] = Range(low, high)
+            confidence = _finite(data.get("confidence")) or 0.0
         return cls(ranges=ranges, confidence=confidence)
 
     def draw(self, rng: random.Random | None = None) -> Vitals:
@@ -198,8 +223,15 @@ class FallbackConfig:
         )
 
 
-def _is_num(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _finite(value: object) -> float | None:
+    """`value` as a finite float, or None: not a number, a bool, nan/inf, or an int too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,16 +255,25 @@ class StartedSession:
             raise _bad(response, "session start", "missing session_id")
         if not isinstance(upload_url, str) or not upload_url:
             raise _bad(response, "session start", "missing upload_url")
-        expires_at = body.get("expires_at")
+        if not _usable_url(upload_url):
+            raise _bad(response, "session start", "an upload_url that is not an http(s) URL")
         return cls(
             session_id=session_id,
-            expires_at=float(expires_at) if _is_num(expires_at) else None,
+            expires_at=_finite(body.get("expires_at")),
             upload_url=upload_url,
             fallback_config=FallbackConfig.from_json(body.get("fallback_config")),
             rate_limit=RateLimit.from_headers(response.headers),
             usage=Usage.from_headers(response.headers),
             raw=body,
         )
+
+
+def _usable_url(url: str) -> bool:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,10 +319,8 @@ class Result:
             session_id=session_id,
             status=status,
             vitals=Vitals.from_json(body.get("vitals")),
-            processing_time_ms=body["processing_time_ms"]
-            if _is_num(body.get("processing_time_ms"))
-            else None,
-            completed_at=body["completed_at"] if _is_num(body.get("completed_at")) else None,
+            processing_time_ms=_finite(body.get("processing_time_ms")),
+            completed_at=_finite(body.get("completed_at")),
             quality=quality if isinstance(quality, dict) else None,
             rate_limit=rate_limit,
             usage=usage,
@@ -289,7 +328,10 @@ class Result:
         )
 
     @classmethod
-    def from_response(cls, response: httpx.Response, body: Any, what: str) -> Result:
+    def from_response(
+        cls, response: httpx.Response, body: Any, what: str, session_id: str | None = None
+    ) -> Result:
+        """The result in a response; with `session_id`, it must be that session's (not another's)."""
         try:
             result = cls.from_json(
                 body,
@@ -300,6 +342,12 @@ class Result:
             raise _bad(response, what, str(exc)) from None
         if result.status == "completed" and result.vitals is None:
             raise _bad(response, what, "status completed without a vitals object")
+        if session_id is not None and result.session_id != session_id:
+            raise _bad(
+                response,
+                what,
+                f"the result of another session ({result.session_id[:64]!r}, not {session_id!r})",
+            )
         return result
 
 

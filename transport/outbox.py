@@ -8,7 +8,8 @@ directory (default `$XDG_CACHE_HOME/vitalcam/outbox`, else `~/.cache/vitalcam/ou
     results/<id>.json    the completed result of a replay, written before the payload is deleted
 
 Every file is written to a temporary name in the same directory, fsynced and `os.replace`d into place, so
-a crash leaves either the old file or the new one, never half of one. The payload is written before its
+a crash leaves either the old file or the new one, never half of one. Payloads hold face patches and
+results hold vitals, so directories are 0700 and files 0600: readable by the user only. The payload is written before its
 sidecar and deleted after its result is saved; `pending()` lists every payload, even one whose sidecar a
 crash prevented, so at any instant each measurement exists as a pending payload, a saved result, or both.
 The API key is never written: it is a secret, and replay uses whatever client the caller passes.
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from transport.client import SessionClient
 
 PAYLOAD_SUFFIX = ".tensor"
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 SIDECAR_SUFFIX = ".json"
 RESULTS_DIR = "results"
 
@@ -92,7 +95,7 @@ class Outbox:
         error: BaseException | None = None,
     ) -> OutboxItem:
         """Store a payload (bytes or a file to copy) with its sidecar; returns the new pending item."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.directory)
         item_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:12]
         payload_path = self.directory / f"{item_id}{PAYLOAD_SUFFIX}"
         data = Path(payload).read_bytes() if isinstance(payload, str | Path) else bytes(payload)
@@ -130,7 +133,8 @@ class Outbox:
 
     def save_result(self, item: OutboxItem, result: Result) -> Path:
         """Write the replay's result durably; only after this may the payload go."""
-        self.results_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.directory)
+        _private_dir(self.results_dir)
         path = self.result_path(item)
         record = {
             "item_id": item.id,
@@ -200,10 +204,20 @@ class Outbox:
         )
 
 
+def _private_dir(directory: Path) -> None:
+    """Create `directory` readable by the user only, and tighten it if an older version left it 0755."""
+    directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    with contextlib.suppress(OSError):  # not ours to change (a shared mount): the files are still 0600
+        if directory.stat().st_mode & 0o777 != PRIVATE_DIR_MODE:
+            directory.chmod(PRIVATE_DIR_MODE)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with tmp.open("wb") as f:
+        # Created 0600 from the start, so no other user can open it between creation and a chmod.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -253,7 +267,8 @@ def retry_outbox(client: SessionClient, outbox: Outbox | None = None) -> list[Re
     """Replay every pending item with a fresh session; one entry per item, in the outbox's order.
 
     An item is deleted only after a completed result was received and saved to `results/`. Failures are
-    recorded in the sidecar and the item stays for the next replay; one item's failure never stops the rest.
+    recorded in the sidecar and the item stays for the next replay; one item's failure never stops the rest
+    (not even an unreadable payload file: that item is recorded as failed and the replay goes on).
     """
     outbox = outbox or Outbox()
     outcomes: list[ReplayOutcome] = []
@@ -264,12 +279,21 @@ def retry_outbox(client: SessionClient, outbox: Outbox | None = None) -> list[Re
             continue
         try:
             result = client.measure(item.payload_path, item.demographics)
-        except VitalcamError as exc:
-            outbox.record_failure(item, exc)
-            outcomes.append((item, exc))
+        except Exception as exc:
+            error = _typed(exc)
+            outbox.record_failure(item, error)
+            outcomes.append((item, error))
             continue
         outcomes.append((item, _after_replay(outbox, item, result)))
     return outcomes
+
+
+def _typed(exc: Exception) -> VitalcamError:
+    if isinstance(exc, VitalcamError):
+        return exc
+    error = VitalcamError(f"replay failed: {type(exc).__name__}: {str(exc)[:300]}", code="REPLAY_FAILED")
+    error.__cause__ = exc
+    return error
 
 
 async def aretry_outbox(client: AsyncSessionClient, outbox: Outbox | None = None) -> list[ReplayOutcome]:
@@ -284,9 +308,10 @@ async def aretry_outbox(client: AsyncSessionClient, outbox: Outbox | None = None
             continue
         try:
             result = await measure(item.payload_path, item.demographics)
-        except VitalcamError as exc:
-            outbox.record_failure(item, exc)
-            outcomes.append((item, exc))
+        except Exception as exc:
+            error = _typed(exc)
+            outbox.record_failure(item, error)
+            outcomes.append((item, error))
             continue
         outcomes.append((item, _after_replay(outbox, item, result)))
     return outcomes

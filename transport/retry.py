@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import stamina
 
+from transport._deadline import measure_time_left_s
 from transport.errors import VitalcamError
 
 T = TypeVar("T")
@@ -31,7 +32,8 @@ class RetryPolicy:
 
     The wait before retry n (1-based) is `min(max_s, initial_s * 2**(n-1) + uniform(0, jitter_s))`, or the
     server's Retry-After when present (refused if above `max_retry_after_s`). No wait may end later than
-    `total_s` after the first attempt started; then the last error is raised. Defaults (4 attempts, about
+    `total_s` after the first attempt started, nor after the enclosing `measure()` deadline; then the last
+    error is raised. Defaults (4 attempts, about
     0.5 / 1 / 2 s plus jitter) ride out a server restart or a flaky Wi-Fi hand-over in well under a minute
     while the person is still looking at the screen. Tests pass tiny values to stay fast.
     """
@@ -89,6 +91,8 @@ class _BackoffHook:
         else:
             wait = self.policy.backoff_s(self.failures)
         if time.monotonic() - self.started + wait > self.policy.total_s:
+            return False
+        if wait >= measure_time_left_s():  # the retry would start after measure() has to be over
             return False
         return float(wait)
 
