@@ -13,6 +13,8 @@ from typing import Final
 
 import numpy as np
 
+from preprocess.tensor import MAX_FPS as MAX_FPS_HZ
+from preprocess.tensor import MIN_FPS as MIN_FPS_HZ
 from preprocess.tensor import Measurement
 from server.inference.errors import InferenceFailed
 
@@ -20,9 +22,6 @@ MIN_COVERAGE: Final = 0.70
 MIN_USABLE_S: Final = 15.0
 MAX_GRID_FS_HZ: Final = 30.0
 MIN_BRIDGE_S: Final = 0.5
-# Frame rate limits follow the tensor format; outside them the timestamps are not camera timestamps.
-MIN_FPS_HZ: Final = 5.0
-MAX_FPS_HZ: Final = 120.0
 
 
 @dataclass(frozen=True, slots=True)
