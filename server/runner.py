@@ -7,6 +7,7 @@ tests talk to it over HTTP exactly as they would to a deployed backend, so nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import shutil
@@ -18,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from server.app import create_app
@@ -55,7 +57,11 @@ def serve(
             config.data_dir,
             config.data_dir,
         )
-    uvicorn.Server(uvicorn_config(create_app(config), config, host, port, log_level)).run()
+    server = uvicorn.Server(uvicorn_config(create_app(config), config, host, port, log_level))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:  # e.g. the port is taken; uvicorn has logged why (uvicorn.run exits 3 too)
+        raise SystemExit(STARTUP_FAILURE)
 
 
 def check_bind(host: str, config: ServerConfig) -> None:

@@ -460,6 +460,16 @@ def test_serve_refuses_a_non_loopback_address_without_a_public_url(
     check_bind(host, ServerConfig(data_dir=tmp_path, public_base_url="https://vitals.example"))
 
 
+def test_serve_still_fails_loudly_when_the_port_is_taken(tmp_path: Path) -> None:
+    """serve() builds its own uvicorn.Server (for the header timeout); a failed start is still exit 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit) as info:
+            serve(port=taken.getsockname()[1], data_dir=tmp_path, log_level="critical")
+    assert info.value.code == 3
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
 def test_loopback_needs_no_public_url(tmp_path: Path, host: str) -> None:
     check_bind(host, ServerConfig(data_dir=tmp_path))
