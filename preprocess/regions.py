@@ -38,10 +38,16 @@ RIGHT_BROW: Final = (46, 53, 52, 65, 55, 107, 66, 105, 63, 70)
 LIPS: Final = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
 FACE_HOLES: Final = (LEFT_EYE, RIGHT_EYE, LEFT_BROW, RIGHT_BROW, LIPS)
 
-# Region bit order follows FACE_REGIONS: forehead, left_cheek, right_cheek, face.
+# Region bit order follows FACE_REGIONS: forehead, left_cheek, right_cheek, face, face_left, face_right.
 REGION_POLYGONS: Final = (FOREHEAD, LEFT_CHEEK, RIGHT_CHEEK)
-assert FACE_REGIONS == ("forehead", "left_cheek", "right_cheek", "face")
+assert FACE_REGIONS == ("forehead", "left_cheek", "right_cheek", "face", "face_left", "face_right")
 FACE_BIT: Final = 1 << 3
+# The face region split in two along the facial midline (top of the forehead to the chin). The halves
+# share no pixel and so no compression block: their noise is independent while their pulse is the same,
+# which makes their agreement the engine's split-half test of whether a peak is a pulse.
+MIDLINE: Final = (10, 152)
+FACE_LEFT_BIT: Final = 1 << 4
+FACE_RIGHT_BIT: Final = 1 << 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +104,26 @@ def rasterise(landmarks: np.ndarray, frame_width: int, frame_height: int) -> Reg
     face = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(face, [local[len(REGION_POLYGONS)]], FACE_BIT)
     cv2.fillPoly(face, local[len(REGION_POLYGONS) + 1 :], 0)
-    labels = face
+    labels = face | _halves(face, landmarks[list(MIDLINE)] - origin)
     for bit, poly in enumerate(local[: len(REGION_POLYGONS)]):
         plane = np.zeros_like(face)
         cv2.fillPoly(plane, [poly], 1 << bit)
         labels |= plane
     preview = (*polygons[: len(REGION_POLYGONS) + 1],)
     return RegionMask(labels, x0, y0, preview)
+
+
+def _halves(face: np.ndarray, midline: np.ndarray) -> np.ndarray:
+    """FACE_LEFT_BIT / FACE_RIGHT_BIT over the face pixels, split by the line through `midline` [2, 2].
+
+    The subject's left is the image's right (non-mirrored): the side where the cross product of the
+    midline direction (top to chin) and the pixel's offset is negative.
+    """
+    (x0, y0), (x1, y1) = midline
+    ys, xs = np.mgrid[0 : face.shape[0], 0 : face.shape[1]]
+    cross = (x1 - x0) * (ys - y0) - (y1 - y0) * (xs - x0)
+    half = np.where(cross < 0, FACE_LEFT_BIT, FACE_RIGHT_BIT).astype(np.uint8)
+    return np.where(face != 0, half, 0).astype(np.uint8)
 
 
 def full_frame_mask(frame_width: int, frame_height: int) -> RegionMask:

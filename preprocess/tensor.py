@@ -39,7 +39,7 @@ MIN_FPS: Final = 5.0
 MAX_FPS: Final = 120.0
 MAX_REGIONS: Final = 16
 MAX_FRAME_SIDE_PX: Final = 16384
-FACE_REGIONS: Final = ("forehead", "left_cheek", "right_cheek", "face")
+FACE_REGIONS: Final = ("forehead", "left_cheek", "right_cheek", "face", "face_left", "face_right")
 FULL_FRAME_REGIONS: Final = ("frame",)
 SOURCES: Final = ("camera", "video")
 

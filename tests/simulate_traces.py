@@ -26,10 +26,20 @@ SKIN_RGB = {
     "left_cheek": (196.0, 134.0, 116.0),
     "right_cheek": (194.0, 135.0, 117.0),
     "face": (190.0, 136.0, 117.0),
+    "face_left": (191.0, 135.5, 116.5),
+    "face_right": (189.0, 136.5, 117.5),
     "frame": (150.0, 120.0, 105.0),
 }
 # Share of the face's skin pixels each region holds; noise on a mean scales as 1/sqrt(pixels).
-AREA = {"forehead": 0.25, "left_cheek": 0.15, "right_cheek": 0.15, "face": 1.0, "frame": 1.0}
+AREA = {
+    "forehead": 0.25,
+    "left_cheek": 0.15,
+    "right_cheek": 0.15,
+    "face": 1.0,
+    "face_left": 0.5,
+    "face_right": 0.5,
+    "frame": 1.0,
+}
 FACE_PIXELS = 12000
 
 
@@ -118,6 +128,12 @@ def simulate(
         colour += rng.normal(0.0, noise_std / math.sqrt(area), colour.shape)
         rgb[:, r] = colour
         skin_px[:, r] = round(FACE_PIXELS * area)
+    if {"face", "face_left", "face_right"} <= set(regions):
+        # The face is the union of its halves: its noise is theirs, averaged, not a third draw.
+        face, left, right = (regions.index(name) for name in ("face", "face_left", "face_right"))
+        rgb[:, face] = (rgb[:, left] + rgb[:, right]) / 2.0 + (
+            np.array(SKIN_RGB["face"]) - (np.array(SKIN_RGB["face_left"]) + np.array(SKIN_RGB["face_right"])) / 2.0
+        )
 
     absent = np.zeros(n, dtype=bool)
     for start, end in face_lost_s:

@@ -19,10 +19,18 @@ from preprocess.tensor import (
     to_bytes,
 )
 
-# Mean skin colour (R, G, B) per region and the relative pulse amplitude per channel (green carries most).
-_SKIN_RGB = np.array(
-    [[182.0, 132.0, 112.0], [176.0, 126.0, 108.0], [178.0, 128.0, 109.0], [180.0, 130.0, 110.0]]
-)
+# Mean skin colour (R, G, B) and skin pixels per face region, and the relative pulse amplitude per channel
+# (green carries most).
+_REGION_SKIN = {
+    "forehead": ((182.0, 132.0, 112.0), 2400),
+    "left_cheek": ((176.0, 126.0, 108.0), 1500),
+    "right_cheek": ((178.0, 128.0, 109.0), 1500),
+    "face": ((180.0, 130.0, 110.0), 9000),
+    "face_left": ((179.0, 129.0, 110.0), 4500),
+    "face_right": ((181.0, 131.0, 110.0), 4500),
+}
+_SKIN_RGB = np.array([_REGION_SKIN[name][0] for name in FACE_REGIONS])
+_SKIN_PX = np.array([_REGION_SKIN[name][1] for name in FACE_REGIONS], dtype=np.int32)
 _PULSE_GAIN_RGB = np.array([0.33, 1.0, 0.2])
 
 
@@ -34,7 +42,7 @@ def make_measurement(
     seed: int = 0,
     rr_bpm: float = 15.0,
 ) -> Measurement:
-    """A valid measurement: `duration_s` of frames at `fps` with a pulse at `hr_bpm` in all four face regions."""
+    """A valid measurement: `duration_s` of frames at `fps` with a pulse at `hr_bpm` in every face region."""
     rng = np.random.default_rng(seed)
     n_frames = round(duration_s * fps) + 1
     # Real timestamps carry jitter; keep it small enough that they stay strictly increasing.
@@ -49,12 +57,12 @@ def make_measurement(
         + 0.5 * breath[:, None, None]
         + rng.normal(0.0, 0.15, (n_frames, n_regions, 3))
     ).astype(np.float32)
-    skin_px = np.tile(np.array([2400, 1500, 1500, 9000], dtype=np.int32), (n_frames, 1))
+    skin_px = np.tile(_SKIN_PX, (n_frames, 1))
     face_box = np.tile(np.array([0.35, 0.25, 0.3, 0.45], dtype=np.float32), (n_frames, 1))
     face_box += rng.normal(0.0, 0.002, face_box.shape).astype(np.float32)
     face_patches = None
     if patches:
-        base = _SKIN_RGB[3][None, None, None, :] + 0.8 * pulse[:, None, None, None] * _PULSE_GAIN_RGB
+        base = _SKIN_RGB[FACE_REGIONS.index("face")][None, None, None, :] + 0.8 * pulse[:, None, None, None] * _PULSE_GAIN_RGB
         face_patches = np.broadcast_to(base, (n_frames, PATCH_SIZE_PX, PATCH_SIZE_PX, 3))
         face_patches = np.clip(np.rint(face_patches), 0, 255).astype(np.uint8)
     meta = TensorMetadata(

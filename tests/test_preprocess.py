@@ -195,19 +195,23 @@ def test_sums_from_i420_planes_equal_sums_from_the_bgr_frame(seed):
                         np.testing.assert_allclose(means[r], rgb_float, atol=1.0)
 
 
-def test_kernel_skin_rule_drops_clipped_dark_and_non_skin_pixels():
-    image = np.zeros((1, 4, 3), np.uint8)
+def test_kernel_counts_saturated_and_dark_pixels_but_only_the_skin_rule_drops_any():
+    """A per-frame clip or dark test flickers pixels in and out of the mean (see preprocess.extract):
+    saturated and dark pixels are counted for the quality checks, and only the skin rule drops pixels."""
+    image = np.zeros((1, 5, 3), np.uint8)
     image[0, 0] = (120, 150, 200)  # skin (BGR)
-    image[0, 1] = (252, 252, 252)  # clipped
-    image[0, 2] = (5, 5, 10)  # dark
-    image[0, 3] = (200, 120, 40)  # blue: not skin
-    labels = np.ones((1, 4), np.uint8)
+    image[0, 1] = (200, 230, 255)  # skin, red channel saturated
+    image[0, 2] = (255, 255, 255)  # saturated white: not skin (Cr = Cb = 128)
+    image[0, 3] = (5, 5, 10)  # below video black, and not skin
+    image[0, 4] = (200, 120, 40)  # blue: not skin
+    labels = np.ones((1, 5), np.uint8)
     sums, counts, stats = extract.region_sums(image, labels, 0, 0, 0, 0, 1, True)
-    assert counts[0] == 1
-    np.testing.assert_allclose(extract.means_from_sums(sums, counts)[0], (200, 150, 120))
-    assert stats[extract.STAT_CLIPPED] == 1 and stats[extract.STAT_DARK] == 1
-    # Full-frame mode keeps every pixel that is neither clipped nor dark.
-    assert extract.region_sums(image, labels, 0, 0, 0, 0, 1, False)[1][0] == 2
+    assert counts[0] == 2
+    np.testing.assert_allclose(extract.means_from_sums(sums, counts)[0], (227.5, 190, 160))
+    assert stats[extract.STAT_CLIPPED] == 2 and stats[extract.STAT_DARK] == 1
+    assert stats[extract.STAT_PIXELS] == 5
+    # Full-frame mode keeps every pixel.
+    assert extract.region_sums(image, labels, 0, 0, 0, 0, 1, False)[1][0] == 5
 
 
 def test_means_are_nan_where_a_region_has_no_skin():
@@ -333,8 +337,9 @@ def test_tensor_round_trips_with_real_timestamps(face_runs, face_video):
     back = from_bytes(to_bytes(cadence))
     n = round(truth.duration_s * truth.fps)
     assert back.t_s.shape == (n,) and back.t_s.dtype == np.float64
-    assert back.rgb.shape == (n, 4, 3) and back.rgb.dtype == np.float32
-    assert back.skin_px.shape == (n, 4) and back.skin_px.dtype == np.int32
+    n_regions = len(FACE_REGIONS)
+    assert back.rgb.shape == (n, n_regions, 3) and back.rgb.dtype == np.float32
+    assert back.skin_px.shape == (n, n_regions) and back.skin_px.dtype == np.int32
     assert back.face_box.shape == (n, 4) and back.face_box.dtype == np.float32
     assert back.patches is not None and back.patches.shape == (n, 72, 72, 3)
     assert back.meta.regions == FACE_REGIONS and back.meta.source == "video"
