@@ -27,6 +27,8 @@ class SourceInfo:
     a replay can report progress in percent; both are what the container header states, hence estimates
     (a damaged file may end early). None when unknown, and always for cameras and streams.
     `frame_count` is only set when the header counts the frames of exactly what is replayed.
+    `bit_rate_bps` is the compressed video stream's bit rate from the container (None when unknown, and
+    for cameras, whose frames arrive uncompressed or as MJPG we do not see).
     """
 
     width: int
@@ -37,6 +39,14 @@ class SourceInfo:
     requested: dict[str, Any] | None = None
     duration_s: float | None = None
     frame_count: int | None = None
+    bit_rate_bps: float | None = None
+
+    @property
+    def bits_per_pixel(self) -> float | None:
+        """Compressed bits per pixel per frame: how hard the video was squeezed (None when unknown)."""
+        if not self.bit_rate_bps or not self.fps or self.width <= 0 or self.height <= 0:
+            return None
+        return self.bit_rate_bps / (self.width * self.height * self.fps)
 
 
 @runtime_checkable

@@ -57,6 +57,19 @@ def _opencv_i420_exact(frame: av.VideoFrame) -> bool:
     )
 
 
+def _bit_rate_bps(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> float | None:
+    """The video stream's bit rate: the stream header's, else the file size over its duration."""
+    if stream.bit_rate:
+        return float(stream.bit_rate)
+    duration_s = _header_duration_s(container, stream)
+    size = getattr(container, "size", 0) or 0
+    if duration_s and size and len(container.streams) == 1:
+        return 8.0 * float(size) / duration_s
+    return None
+
+
 def frame_to_planes(frame: av.VideoFrame) -> I420Planes | None:
     """Zero-copy views of an upright I420 frame's planes, or None when it needs swscale or rotation.
 
@@ -179,6 +192,7 @@ class VideoFileSource:
             name=str(self.path),
             duration_s=segment_s,
             frame_count=stream.frames if whole_file and stream.frames > 0 else None,
+            bit_rate_bps=_bit_rate_bps(container, stream),
         )
 
     @property
