@@ -208,6 +208,21 @@ def region_sums_reference(
     return sums, counts, stats
 
 
+def skin_pixels(image_bgr: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the skin rule on every pixel of a BGR image (the same integer rule as the kernel's)."""
+    img = image_bgr.astype(np.int64)
+    b, g, r = img[..., 0], img[..., 1], img[..., 2]
+    y_milli = 299 * r + 587 * g + 114 * b
+    cr_micro = 713 * (1000 * r - y_milli)
+    cb_micro = 564 * (1000 * b - y_milli)
+    return (
+        (cr_micro >= (CR_MIN - 128) * 1_000_000)
+        & (cr_micro <= (CR_MAX - 128) * 1_000_000)
+        & (cb_micro >= (CB_MIN - 128) * 1_000_000)
+        & (cb_micro <= (CB_MAX - 128) * 1_000_000)
+    )
+
+
 def means_from_sums(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """float32 [R, 3] means (0..255), NaN where a region had no skin pixels (the tensor's 'absent')."""
     means = np.full(sums.shape, np.nan, np.float32)

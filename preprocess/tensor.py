@@ -42,6 +42,8 @@ MAX_FRAME_SIDE_PX: Final = 16384
 FACE_REGIONS: Final = ("forehead", "left_cheek", "right_cheek", "face", "face_left", "face_right")
 FULL_FRAME_REGIONS: Final = ("frame",)
 SOURCES: Final = ("camera", "video")
+# Optional metadata: compressed bits per pixel per frame of a replayed video (decimal string).
+VIDEO_BITS_PER_PIXEL_KEY: Final = "video_bits_per_pixel"
 
 Source = Literal["camera", "video"]
 
