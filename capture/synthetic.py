@@ -203,6 +203,23 @@ def _natural_motion(n_frames: int, fps: float, amount: float, rng: np.random.Gen
     return motion
 
 
+def _irregular_breathing(t_s: np.ndarray, rr_bpm: float, rng: np.random.Generator) -> np.ndarray:
+    """Breathing as people do it: the rate wanders by about 15 % and each breath differs in depth.
+
+    A perfectly regular breath moves the head with exact harmonics of its rate, a line at 4 x 15 = 60 bpm
+    that no real recording has and that a pulse tracker would rightly take for a pulse.
+    """
+    n = t_s.shape[0]
+    fps = (n - 1) / max(float(t_s[-1] - t_s[0]), 1e-9)
+    wander = cv2.GaussianBlur(
+        rng.normal(0.0, 1.0, (n, 2)).astype(np.float32), (1, 0), sigmaX=0, sigmaY=4.0 * fps
+    )
+    wander /= np.maximum(np.abs(wander).max(axis=0), 1e-9)
+    rate_hz = rr_bpm / 60.0 * (1.0 + 0.15 * wander[:, 0])
+    phase = 2 * math.pi * np.cumsum(rate_hz) / fps
+    return np.sin(phase) * (1.0 + 0.3 * wander[:, 1])
+
+
 def _light_gain(n_frames: int, fps: float, drift: float, steps: int, rng: np.random.Generator) -> np.ndarray:
     """Per-frame illumination gain: a slow drift of +-`drift` (clouds, auto-exposure) and `steps` lamp
     switches of 5-10 % (each a 0.2 s ramp), around 1."""
@@ -296,6 +313,8 @@ def render_face_video(
         else np.zeros((n_frames, 4), np.float32)
     )
     light = _light_gain(n_frames, fps, light_drift, light_steps, extra_rng)
+    if motion == "natural":
+        breathing = _irregular_breathing(t_s, rr_bpm, extra_rng)
 
     in_window = beats[(beats >= 0) & (beats <= duration_s)]
     true_hr, true_sdnn, true_rmssd = interval_stats(in_window)
@@ -355,17 +374,22 @@ def render_face_video(
             container.mux(packet)
     Path(f"{path}.truth.json").write_text(truth.to_json())
     if ppg_path is not None:
-        write_ubfc_ground_truth(ppg_path, t_s, pulse, beats)
+        # A video without a pulse has no reference: a flat PPG and zero HR, which evaluation leaves out.
+        has_pulse = scene != "none" and pulse_amplitude > 0
+        write_ubfc_ground_truth(ppg_path, t_s, pulse if has_pulse else np.zeros_like(pulse), beats, has_pulse)
     return truth
 
 
-def write_ubfc_ground_truth(path: str | Path, t_s: np.ndarray, ppg: np.ndarray, beats_s: np.ndarray) -> None:
+def write_ubfc_ground_truth(
+    path: str | Path, t_s: np.ndarray, ppg: np.ndarray, beats_s: np.ndarray, has_pulse: bool = True
+) -> None:
     """UBFC-rPPG's ground_truth.txt: three lines of one value per frame, PPG, HR (bpm), time (s).
 
-    The HR line is the instantaneous rate of the beat interval each frame falls in, as an oximeter shows.
+    The HR line is the instantaneous rate of the beat interval each frame falls in, as an oximeter shows
+    (0 without a pulse).
     """
     index = np.clip(np.searchsorted(beats_s, t_s, side="right") - 1, 0, beats_s.shape[0] - 2)
-    hr_bpm = 60.0 / (beats_s[index + 1] - beats_s[index])
+    hr_bpm = 60.0 / (beats_s[index + 1] - beats_s[index]) if has_pulse else np.zeros_like(t_s)
     lines = [" ".join(f"{v:.7e}" for v in row) for row in (ppg, hr_bpm, t_s)]
     Path(path).write_text("\n".join(lines) + "\n")
 
