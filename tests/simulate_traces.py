@@ -132,7 +132,8 @@ def simulate(
         # The face is the union of its halves: its noise is theirs, averaged, not a third draw.
         face, left, right = (regions.index(name) for name in ("face", "face_left", "face_right"))
         rgb[:, face] = (rgb[:, left] + rgb[:, right]) / 2.0 + (
-            np.array(SKIN_RGB["face"]) - (np.array(SKIN_RGB["face_left"]) + np.array(SKIN_RGB["face_right"])) / 2.0
+            np.array(SKIN_RGB["face"])
+            - (np.array(SKIN_RGB["face_left"]) + np.array(SKIN_RGB["face_right"])) / 2.0
         )
 
     absent = np.zeros(n, dtype=bool)

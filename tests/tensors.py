@@ -62,7 +62,10 @@ def make_measurement(
     face_box += rng.normal(0.0, 0.002, face_box.shape).astype(np.float32)
     face_patches = None
     if patches:
-        base = _SKIN_RGB[FACE_REGIONS.index("face")][None, None, None, :] + 0.8 * pulse[:, None, None, None] * _PULSE_GAIN_RGB
+        base = (
+            _SKIN_RGB[FACE_REGIONS.index("face")][None, None, None, :]
+            + 0.8 * pulse[:, None, None, None] * _PULSE_GAIN_RGB
+        )
         face_patches = np.broadcast_to(base, (n_frames, PATCH_SIZE_PX, PATCH_SIZE_PX, 3))
         face_patches = np.clip(np.rint(face_patches), 0, 255).astype(np.uint8)
     meta = TensorMetadata(

@@ -114,9 +114,20 @@ def test_all_nan_regions_are_ignored() -> None:
     validate(m)
     result = infer(m)
     assert abs(result.vitals["heart_rate"] - truth.hr_bpm) <= 1.0
-    assert result.quality["regions"]["forehead"]["snr_db"] is None
-    assert result.quality["regions"]["forehead"]["weight"] == 0.0
-    assert result.quality["regions"]["right_cheek"]["weight"] > 0.0
+    regions = result.quality["regions"]
+    assert regions["forehead"]["snr_db"] is None and regions["forehead"]["weight"] == 0.0
+    assert regions["right_cheek"]["snr_db"] is not None  # present: scored, though the face carries the rate
+    assert regions["face"]["weight"] == 1.0
+
+
+def test_without_a_face_region_the_usable_regions_are_averaged() -> None:
+    m, truth = simulate(regions=("forehead", "left_cheek", "right_cheek"), noise_std=0.05, seed=12)
+    result = infer(m)
+    assert abs(result.vitals["heart_rate"] - truth.hr_bpm) <= 1.0
+    weights = [
+        result.quality["regions"][name]["weight"] for name in ("forehead", "left_cheek", "right_cheek")
+    ]
+    assert weights == pytest.approx([1 / 3, 1 / 3, 1 / 3], abs=1e-3)
 
 
 def test_full_frame_region() -> None:

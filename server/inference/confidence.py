@@ -15,25 +15,49 @@ from typing import Final
 
 import numpy as np
 
-SNR_CENTER_DB: Final = 1.0
-SNR_SCALE_DB: Final = 1.25
 HR_TOLERANCE_BPM: Final = 4.0
 MOTION_SCALE: Final = 0.02
 MIN_COVERAGE: Final = 0.5
+# Logistic models of P(|HR error| <= 5 bpm) from the signal evidence, fitted on real and rendered video
+# (docs/vitals.md, "Confidence calibration", gives the data and the reliability curve). The first uses
+# the face halves' split-half coherence; tensors without both halves get the second.
+HR_MODEL_SPLIT: Final = {
+    "intercept": -3.971,
+    "margin": 2.485,
+    "split_half_held": 2.107,
+    "support": 1.073,
+    "sharpness_db": 0.181,
+    "roughness_bpm": -1.346,
+}
+HR_MODEL_PLAIN: Final = {
+    "intercept": -3.037,
+    "margin": 2.665,
+    "support": 1.866,
+    "sharpness_db": 0.181,
+    "roughness_bpm": -2.206,
+}
+NOISE_FLOOR: Final = 0.15
 HRV_SNR_CENTER_DB: Final = 6.0
 HRV_SNR_SCALE_DB: Final = 1.0
 BEAT_JITTER_REF_MS: Final = 30.0
 BEAT_HR_TOLERANCE_BPM: Final = 2.0
 
 
-def snr_factor(snr_db: float) -> float:
-    """Logistic in the SNR: 0.5 at 1 dB, ~0.1 at −1.7 dB, ~0.9 at +3.7 dB.
+def hr_probability(features: dict[str, float | None]) -> float:
+    """P(|error| <= 5 bpm) from the evidence features, by the fitted logistic model that applies."""
+    model = HR_MODEL_SPLIT if features.get("split_half_held") is not None else HR_MODEL_PLAIN
+    z = model["intercept"] + sum(w * float(features[k] or 0.0) for k, w in model.items() if k != "intercept")
+    return float(1.0 / (1.0 + np.exp(-z)))
 
-    Centred 1 dB above zero because the loudest bin of pure noise, with its harmonic, reaches −1.5 dB
-    in about 1 record of 100 (30 s, 4 regions); centred at 0 dB such records scored up to 0.17. A real
-    pulse that weak (crf 14 H.264) is then reported at ~0.2 even when its peak is right.
+
+def hr_evidence(features: dict[str, float | None]) -> float:
+    """The calibrated probability with the noise floor taken off: (p - floor) / (1 - floor), at least 0.
+
+    Readings of videos without any pulse reach p = 0.15 at their 90th percentile on the calibration
+    data; a probability that noise reaches that often is no evidence of a pulse, so it maps to 0, and
+    above the floor the scale is stretched back to 1 (p = 0.5 becomes 0.41: a little more cautious).
     """
-    return float(1.0 / (1.0 + np.exp(-(snr_db - SNR_CENTER_DB) / SNR_SCALE_DB)))
+    return float(max(0.0, (hr_probability(features) - NOISE_FLOOR) / (1.0 - NOISE_FLOOR)))
 
 
 def closeness(values_bpm: np.ndarray, target_bpm: float, weights: np.ndarray) -> float:
@@ -59,37 +83,55 @@ def coverage_factor(coverage: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class HrConfidence:
-    """The heart-rate confidence and the factors it is the product of (all 0..1)."""
+    """The heart-rate confidence and the factors it is the product of (all 0..1), with the features."""
 
     value: float
-    snr: float
-    consistency: float
-    agreement: float
-    motion: float
-    coverage: float
+    factors: dict[str, float]
 
 
 def heart_rate_confidence(
-    snr_db: float, consistency: float, agreement: float, motion_level: float, coverage: float
+    *,
+    snr_db: float,
+    support: float,
+    margin: float,
+    sharpness_db: float,
+    roughness_bpm: float,
+    split_half: float | None,
+    whole_snr_db: float,
+    split_half_held: float | None = None,
+    agreement: float,
+    motion_level: float,
+    coverage: float,
 ) -> HrConfidence:
-    """Product of the factors; agreement enters with exponent 0.5 because region peaks are noisy on short
-    records and should temper, not veto, a strong SNR. Consistency enters linearly: a noise peak that
-    wanders across the 10 s windows is the usual way noise passes the SNR factor."""
-    factors = {
-        "snr": snr_factor(snr_db),
-        "consistency": float(np.clip(consistency, 0.0, 1.0)),
+    """Calibrated evidence × motion × coverage.
+
+    The evidence is the fitted probability that the reading is within 5 bpm (`hr_evidence`), from the
+    track's margin over the best path away from it (`pulse.track_margin`), the face halves' coherence
+    along it (`pulse.split_half_coherence`) and its SNR. Motion and coverage are not in the calibration
+    data (the development videos are of seated, visible people), so they stay explicit penalties. The
+    other features (support, whole-record SNR, region agreement) are reported for diagnosis only: on
+    the calibration data they added nothing once margin and coherence were known.
+    """
+    features: dict[str, float | None] = {
+        "snr_db": float(snr_db),
+        "margin": float(margin),
+        "sharpness_db": float(sharpness_db),
+        "roughness_bpm": float(roughness_bpm),
+        "split_half": None if split_half is None else float(split_half),
+        "split_half_held": None if split_half_held is None else float(split_half_held),
+        "support": float(np.clip(support, 0.0, 1.0)),
+        "whole_snr_db": float(whole_snr_db),
         "agreement": float(np.clip(agreement, 0.0, 1.0)),
+    }
+    factors = {
+        "evidence": hr_evidence(features),
         "motion": motion_factor(motion_level),
         "coverage": coverage_factor(coverage),
     }
-    value = (
-        factors["snr"]
-        * factors["consistency"]
-        * factors["agreement"] ** 0.5
-        * factors["motion"]
-        * factors["coverage"]
+    value = float(np.clip(np.prod(list(factors.values())), 0.0, 1.0))
+    return HrConfidence(
+        value=value, factors={**factors, **{k: v for k, v in features.items() if v is not None}}
     )
-    return HrConfidence(value=float(np.clip(value, 0.0, 1.0)), **factors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,10 @@ from typing import Any, Final
 
 import numpy as np
 
-from preprocess.tensor import Measurement
+from preprocess.tensor import VIDEO_BITS_PER_PIXEL_KEY, Measurement
 from server.inference import confidence as conf
-from server.inference.conditioning import Conditioned, condition
+from server.inference import pulse as hr_pulse
+from server.inference.conditioning import MIN_USABLE_S, Conditioned, condition
 from server.inference.errors import InferenceFailed
 from server.inference.hrv import MIN_CLEAN_BEATS, Beats, detect_beats, systolic_up
 from server.inference.priors import (
@@ -24,24 +25,24 @@ from server.inference.priors import (
     spo2_calibration_from_env,
     spo2_estimate,
 )
-from server.inference.pulse import (
-    RegionPulse,
-    fused_heart_rate,
-    hr_track,
-    motion_attenuation,
-    normalised,
-    region_pulses,
-    region_weights,
-    welch_segment_s,
-)
 from server.inference.respiration import Respiration, RespSource, beat_series, fuse, source_from_signal
-from server.inference.signals import unit_std
+from server.inference.signals import welch_psd
 
 ENGINE_VERSION: Final = "1"
 HRV_PRIOR_MS: Final = 45.0
-RELIABLE_CONFIDENCE: Final = 0.3
+# The confidence is the calibrated probability that the heart rate is within 5 bpm: above one half a
+# vital is more likely right than wrong, and only then is it called reliable.
+RELIABLE_CONFIDENCE: Final = 0.5
 SPECTRUM_LOW_BPM: Final = 30.0
 SPECTRUM_HIGH_BPM: Final = 240.0
+# Below this many compressed bits per pixel (H.264 re-encodes of datasets sit at 0.01-0.02, an ordinary
+# 720p webcam stream at ~0.1, MJPG at ~0.6) the codec visibly eats the pulse: COMPRESSED_VIDEO.
+COMPRESSED_BITS_PER_PIXEL: Final = 0.05
+MIN_MEASURED_CONFIDENCE: Final = 0.001
+# Beat-timing and clean-share factors at which beats define the mean heart rate (`refine_with_beats`).
+BEATS_TRUSTED_FACTOR: Final = 0.8
+# Welch segment of the whole-record spectrum (report, harmonic test, HRV evidence).
+WELCH_SEGMENT_S: Final = 15.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -54,8 +55,8 @@ class Analysis:
     `track_snr_db` (10 s windows, 2 s hop). Breathing: `breathing` [N] (the best agreeing source,
     band-passed, on `t_s`), `rr_bpm`, `rr_sources` (name, breaths/min, quality). Beats: `beat_t_s`,
     `ibi_ms`, `ibi_accepted`, `sdnn_ms`, `rmssd_ms` (NaN when too few clean beats). Per region (order of
-    `regions`): SNR (dB, NaN if absent), own peak (bpm), projection ("pos"/"chrom"), fusion weight,
-    coverage. `confidence` holds 0..1 for heart_rate, respiratory_rate, hrv; `hr_factors` and `hrv_factors`
+    `regions`): SNR at the consensus track (dB, NaN if unused), own peak (bpm), projection ("pos"),
+    fusion weight, coverage. `confidence` holds 0..1 for heart_rate, respiratory_rate, hrv; `hr_factors` and `hrv_factors`
     the terms they are products of; `beat_template_r` (beat-to-mean-beat correlation) and
     `beat_jitter_ms` (the beat-timing error it predicts) are the HRV timing evidence.
     """
@@ -75,6 +76,8 @@ class Analysis:
     track_t_s: np.ndarray
     track_bpm: np.ndarray
     track_snr_db: np.ndarray
+    track_support: float
+    whole_snr_db: float
     breathing: np.ndarray
     rr_bpm: float
     rr_sources: tuple[tuple[str, float, float], ...]
@@ -102,86 +105,176 @@ class Analysis:
     hrv_factors: dict[str, float]
     beat_jitter_ms: float
     beat_template_r: float
+    video_bits_per_pixel: float | None = None
 
 
-def analyze(measurement: Measurement) -> Analysis:
-    """Run the whole pipeline on a measurement; raise InferenceFailed (any unexpected error → INTERNAL)."""
+def analyze(measurement: Measurement, *, min_usable_s: float = MIN_USABLE_S) -> Analysis:
+    """Run the whole pipeline on a measurement; raise InferenceFailed (any unexpected error → INTERNAL).
+
+    `min_usable_s` is the product's minimum; only dataset evaluation of short windows lowers it.
+    """
     try:
         with np.errstate(all="ignore"):
-            return _analyze(measurement)
+            return _analyze(measurement, min_usable_s)
     except InferenceFailed:
         raise
     except Exception as exc:
         raise InferenceFailed("INTERNAL", f"{type(exc).__name__}: {exc}") from exc
 
 
-def _analyze(m: Measurement) -> Analysis:
-    cond = condition(m)
+@dataclass(frozen=True, slots=True)
+class HeartRateStage:
+    """The heart-rate stage: region fusion, the track and the whole-record estimate (see `pulse`)."""
+
+    fusion: hr_pulse.RegionFusion
+    spec: hr_pulse.Spectrogram
+    fused: np.ndarray  # [W, F] fused, motion-attenuated window spectra
+    track_hz: np.ndarray  # [W]
+    track_snr: np.ndarray  # [W] linear
+    track_score: float  # the track's Viterbi log-likelihood
+    hr_hz: float
+    harmonic_corrected: bool
+    pulse: np.ndarray  # [N] fused waveform, unit std, systole up
+    pulse_valid: np.ndarray  # [N]
+    f_hz: np.ndarray  # whole-record fused spectrum (Welch), for the harmonic test and the report
+    power: np.ndarray
+    gain: np.ndarray  # motion gain on f_hz
+    motion_level: float
+    split_half: float | None  # coherence of the face halves along the track (None without both halves)
+    split_half_held: float | None  # the same at the track predicted from disjoint windows
+
+
+SPLIT_HALVES: Final = ("face_left", "face_right")
+
+
+def heart_rate_stage(cond: Conditioned, region_names: tuple[str, ...]) -> HeartRateStage:
+    """POS per region → spectrogram → the face region's track → whole-record peak, and the halves' test."""
     fs = cond.fs_hz
-    segment_s = welch_segment_s(cond.duration_s)
-    f_hz, regions = region_pulses(cond.rgb, cond.valid, fs, segment_s)
-    weights = region_weights(regions, cond.region_coverage)
-    if not np.any(weights > 0):
+    pulses = hr_pulse.region_pulses(cond.rgb, cond.valid, fs)
+    usable = hr_pulse.usable_regions(pulses, cond.region_coverage)
+    if not usable.any():
         raise InferenceFailed("NO_FACE", "no region carries a usable skin trace")
-
-    gain, motion_level = motion_attenuation(cond.face_box, cond.box_valid, fs, f_hz, segment_s)
-    spectra = np.stack([normalised(r.power, f_hz) if r is not None else np.zeros_like(f_hz) for r in regions])
-    fused_power = (weights @ spectra) / weights.sum() * gain
-    pulses = _aligned_pulses(regions, weights, cond.t_s.shape[0])
+    spec = hr_pulse.spectrogram(pulses, cond.t_s, fs, hr_pulse.track_window_s(cond.duration_s))
+    gain_track, motion_level = hr_pulse.motion_attenuation(
+        cond.face_box, cond.box_valid, fs, spec.f_hz, WELCH_SEGMENT_S
+    )
+    weights = hr_pulse.primary_weights(region_names, usable)
+    fused = hr_pulse.fused_spectrogram(spec, weights, gain_track)
+    track_hz, track_score = hr_pulse.viterbi(fused, spec.f_hz)
     pulse_valid = np.any(cond.valid & (weights > 0)[:, None], axis=0)
-    fused_pulse = systolic_up(unit_std(weights @ pulses), pulse_valid)
-    hr = fused_heart_rate(f_hz, fused_power, fused_pulse, fs)
-    track = hr_track(pulses, weights, cond.valid, cond.t_s, fs, f_hz, gain, hr.hr_bpm)
+    fused_pulse = systolic_up(hr_pulse.aligned_sum(pulses, weights), pulse_valid)
 
-    region_hr = np.array([r.hr_bpm if r is not None else np.nan for r in regions])
-    # A region that locked onto the harmonic of the same pulse agrees with it.
-    region_hr_folded = np.where(np.abs(region_hr - 2.0 * hr.hr_bpm) < 6.0, region_hr / 2.0, region_hr)
-    hr_conf = conf.heart_rate_confidence(
-        snr_db=hr.snr_db,
-        consistency=conf.closeness(track.hr_bpm, hr.hr_bpm, track.valid_share),
-        agreement=conf.closeness(region_hr_folded, hr.hr_bpm, weights) if np.sum(weights > 0) > 1 else 1.0,
+    f_hz, power = welch_psd(fused_pulse, fs, WELCH_SEGMENT_S)
+    gain = hr_pulse.motion_attenuation(cond.face_box, cond.box_valid, fs, f_hz, WELCH_SEGMENT_S)[0]
+    whole = hr_pulse.normalised(power, f_hz) * gain
+    corrected = hr_pulse.is_harmonic_trap(f_hz, whole, float(np.median(track_hz)), fused_pulse, fs)
+    if corrected:
+        track_hz, track_score = hr_pulse.viterbi(fused, spec.f_hz, high_hz=0.75 * float(np.median(track_hz)))
+    hr_hz = hr_pulse.record_peak_hz(np.where(pulse_valid, fused_pulse, 0.0), fs, track_hz)
+    fusion = hr_pulse.region_diagnostics(spec, usable, weights, track_hz)
+    split_half = split_half_held = None
+    if all(name in region_names for name in SPLIT_HALVES):
+        left, right = (region_names.index(name) for name in SPLIT_HALVES)
+        if usable[left] and usable[right]:
+            split_half = hr_pulse.split_half_coherence(
+                pulses[left], pulses[right], fs, track_hz, spec.window_s
+            )
+            held = hr_pulse.held_out_track(track_hz, spec.window_s)
+            if np.isfinite(held).all():
+                split_half_held = hr_pulse.split_half_coherence(
+                    pulses[left], pulses[right], fs, held, spec.window_s
+                )
+    return HeartRateStage(
+        fusion=fusion,
+        spec=spec,
+        fused=fused,
+        track_hz=track_hz,
+        track_snr=hr_pulse.snr_at_track(fused, spec.f_hz, track_hz),
+        track_score=track_score,
+        hr_hz=hr_hz,
+        harmonic_corrected=corrected,
+        pulse=fused_pulse,
+        pulse_valid=pulse_valid,
+        f_hz=f_hz,
+        power=whole,
+        gain=gain,
         motion_level=motion_level,
+        split_half=split_half,
+        split_half_held=split_half_held,
+    )
+
+
+def _analyze(m: Measurement, min_usable_s: float) -> Analysis:
+    cond = condition(m, min_usable_s)
+    fs = cond.fs_hz
+    heart = heart_rate_stage(cond, tuple(m.meta.regions))
+    weights = heart.fusion.weights
+    hr_bpm_spectral = heart.hr_hz * 60.0
+    snr_db = hr_pulse.to_db(float(np.mean(heart.track_snr)))
+    support = hr_pulse.track_support(heart.fused, heart.spec.f_hz, heart.track_hz)
+    margin = hr_pulse.track_margin(heart.fused, heart.spec.f_hz, heart.track_hz, heart.track_score)
+    sharpness = hr_pulse.track_sharpness_db(heart.fused, heart.spec.f_hz, heart.track_hz)
+    roughness = hr_pulse.track_roughness_bpm(heart.track_hz)
+    whole_snr = hr_pulse.whole_snr_db(heart.f_hz, heart.power, heart.hr_hz)
+    measured = np.isfinite(heart.fusion.hr_bpm)
+    hr_conf = conf.heart_rate_confidence(
+        snr_db=snr_db,
+        support=support,
+        margin=margin,
+        sharpness_db=sharpness,
+        roughness_bpm=roughness,
+        split_half=heart.split_half,
+        split_half_held=heart.split_half_held,
+        whole_snr_db=whole_snr,
+        # Regions outside the fusion still read their own peak: how many of them agree is a diagnostic.
+        agreement=conf.closeness(heart.fusion.hr_bpm, hr_bpm_spectral, measured.astype(float))
+        if measured.sum() > 1
+        else 1.0,
+        motion_level=heart.motion_level,
         coverage=cond.coverage,
     )
 
-    beats = detect_beats(fused_pulse, pulse_valid, cond.t_s, hr.hr_bpm)
+    beats = detect_beats(heart.pulse, heart.pulse_valid, cond.t_s, hr_bpm_spectral)
     resp = _respiration(cond, weights, beats, hr_conf.value)
-    expected_beats = cond.usable_s * hr.hr_bpm / 60.0 - 1.0
+    expected_beats = cond.usable_s * hr_bpm_spectral / 60.0 - 1.0
     clean_ibi_ms = beats.ibi_ms[beats.accepted]
     hrv_conf = conf.hrv_confidence(
         hr_confidence=hr_conf.value,
-        snr_db=hr.snr_db,
+        snr_db=whole_snr,
         n_clean=beats.n_clean,
         n_expected=expected_beats,
         beat_hr_bpm=60000.0 / float(np.mean(clean_ibi_ms)) if clean_ibi_ms.size else float("nan"),
-        spectral_hr_bpm=hr.hr_bpm,
+        spectral_hr_bpm=hr_bpm_spectral,
         template_r=beats.template_r,
         min_clean=MIN_CLEAN_BEATS,
     )
     hrv_value = hrv_conf.value if math.isfinite(beats.sdnn_ms) else 0.0
     rr_conf = resp.confidence * conf.coverage_factor(cond.coverage)
-    hr_bpm, hr_method = _refine_with_beats(hr.hr_bpm, beats, expected_beats, hr_conf.value)
+    hr_bpm, hr_method = refine_with_beats(hr_bpm_spectral, beats, hrv_conf, hr_conf.value)
 
     breathing = np.zeros_like(cond.t_s)
     if resp.best is not None:
         breathing = np.interp(cond.t_s, resp.best.t_s, resp.best.signal)
+    f_hz, power = heart.f_hz, heart.power
     shown = (f_hz * 60.0 >= SPECTRUM_LOW_BPM) & (f_hz * 60.0 <= SPECTRUM_HIGH_BPM)
     return Analysis(
         t_s=cond.t_s,
         fs_hz=fs,
-        pulse=fused_pulse,
-        pulse_valid=pulse_valid,
+        pulse=heart.pulse,
+        pulse_valid=heart.pulse_valid,
         freq_bpm=f_hz[shown] * 60.0,
-        power=fused_power[shown] / max(float(fused_power[shown].max()), 1e-300),
-        motion_gain=gain[shown],
+        power=power[shown] / max(float(power[shown].max()), 1e-300),
+        motion_gain=heart.gain[shown],
         hr_bpm=hr_bpm,
         hr_method=hr_method,
-        spectral_hr_bpm=hr.hr_bpm,
-        snr_db=hr.snr_db,
-        harmonic_corrected=hr.harmonic_corrected,
-        track_t_s=track.t_s,
-        track_bpm=track.hr_bpm,
-        track_snr_db=track.snr_db,
+        spectral_hr_bpm=hr_bpm_spectral,
+        snr_db=snr_db,
+        harmonic_corrected=heart.harmonic_corrected,
+        track_t_s=heart.spec.t_s,
+        track_bpm=heart.track_hz * 60.0,
+        track_snr_db=10.0 * np.log10(np.maximum(heart.track_snr, 1e-3)),
+        track_support=support,
+        whole_snr_db=whole_snr,
         breathing=breathing,
         rr_bpm=float(np.clip(resp.rr_bpm, 6.0, 30.0)),
         rr_sources=tuple((s.name, s.rr_bpm, s.quality) for s in resp.sources),
@@ -192,10 +285,10 @@ def _analyze(m: Measurement) -> Analysis:
         sdnn_ms=beats.sdnn_ms,
         rmssd_ms=beats.rmssd_ms,
         regions=tuple(m.meta.regions),
-        region_snr_db=np.array([r.snr_db if r is not None else np.nan for r in regions]),
-        region_hr_bpm=region_hr,
-        region_method=tuple(r.method if r is not None else "none" for r in regions),
-        region_weight=weights / weights.sum(),
+        region_snr_db=heart.fusion.snr_db,
+        region_hr_bpm=heart.fusion.hr_bpm,
+        region_method=tuple("pos" if w > 0 else "none" for w in weights),
+        region_weight=weights,
         region_coverage=cond.region_coverage,
         ratio_of_ratios=ratio_of_ratios(cond.rgb, cond.valid, weights, fs),
         coverage=cond.coverage,
@@ -203,15 +296,9 @@ def _analyze(m: Measurement) -> Analysis:
         usable_s=cond.usable_s,
         fps_hz=cond.fps_hz,
         frame_jitter_ms=cond.frame_interval_jitter_ms,
-        motion_level=motion_level,
+        motion_level=heart.motion_level,
         confidence={"heart_rate": hr_conf.value, "respiratory_rate": rr_conf, "hrv": hrv_value},
-        hr_factors={
-            "snr": hr_conf.snr,
-            "consistency": hr_conf.consistency,
-            "agreement": hr_conf.agreement,
-            "motion": hr_conf.motion,
-            "coverage": hr_conf.coverage,
-        },
+        hr_factors=hr_conf.factors,
         hrv_factors={
             "snr": hrv_conf.snr,
             "timing": hrv_conf.timing,
@@ -221,39 +308,58 @@ def _analyze(m: Measurement) -> Analysis:
         },
         beat_jitter_ms=hrv_conf.jitter_ms,
         beat_template_r=beats.template_r,
+        video_bits_per_pixel=_bits_per_pixel(m),
     )
 
 
-def _refine_with_beats(
-    spectral_bpm: float, beats: Beats, expected_beats: float, hr_confidence: float
-) -> tuple[float, str]:
-    """Mean HR from clean beat intervals when they are trustworthy, else the spectral peak.
+def _bits_per_pixel(m: Measurement) -> float | None:
+    """The replayed video's compressed bits per pixel, when the SDK sent it (tensor metadata)."""
+    text = m.extra_metadata.get(VIDEO_BITS_PER_PIXEL_KEY)
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
-    The spectral peak estimates the mean instantaneous rate, mean(60/IBI), which exceeds the clinical
-    mean HR, 60/mean(IBI), by about (SDNN/IBI)² (≈ 1 bpm at 130 bpm with 40 ms SDNN), and it is limited by
-    spectral resolution. Clean beats covering ≥ 80 % of the record at HR confidence ≥ 0.5 that agree with
-    the spectrum within 3 bpm give the clinical definition directly.
+
+def quality_warnings(a: Analysis) -> list[dict[str, str]]:
+    """Conditions the user should know about beside the numbers (codes and advice)."""
+    warnings = []
+    bpp = a.video_bits_per_pixel
+    if bpp is not None and bpp < COMPRESSED_BITS_PER_PIXEL:
+        warnings.append(
+            {
+                "code": "COMPRESSED_VIDEO",
+                "message": (
+                    f"The video is heavily compressed ({bpp:.3f} bits per pixel): the codec removes much of "
+                    "the pulse, so readings are less certain. Measure live from the camera, or record at a "
+                    "higher bit rate (or losslessly)."
+                ),
+            }
+        )
+    return warnings
+
+
+def refine_with_beats(
+    spectral_bpm: float, beats: Beats, hrv: conf.HrvConfidence, hr_confidence: float
+) -> tuple[float, str]:
+    """The clinical mean HR, 60 000 / mean clean beat interval, when the beats are trustworthy.
+
+    The spectral peak estimates the mode of the instantaneous rate, which differs from the clinical mean
+    HR when the rate varies (a simulated 129 bpm with strong respiratory sinus arrhythmia peaks at 131).
+    But beats timed on a noisy wave are off by missed and extra beats: on compressed video this
+    refinement moved the estimate 1-1.5 bpm away from both the truth and the contact reference. So it is
+    used only when the beat-level evidence says the beats are clean (timing jitter and the share of
+    clean beats, `conf.hrv_confidence`'s factors) and the two estimates agree within 3 bpm.
     """
     clean = beats.ibi_ms[beats.accepted]
-    if hr_confidence < 0.5 or clean.size < 0.8 * expected_beats or clean.size < MIN_CLEAN_BEATS:
+    trusted = hrv.timing >= BEATS_TRUSTED_FACTOR and hrv.share >= BEATS_TRUSTED_FACTOR
+    if not trusted or hr_confidence < RELIABLE_CONFIDENCE or clean.size < MIN_CLEAN_BEATS:
         return spectral_bpm, "spectral"
     beat_bpm = 60000.0 / float(np.mean(clean))
     if abs(beat_bpm - spectral_bpm) > 3.0:
         return spectral_bpm, "spectral"
     return beat_bpm, "beats"
-
-
-def _aligned_pulses(regions: list[RegionPulse | None], weights: np.ndarray, n: int) -> np.ndarray:
-    """Region pulses [R, N] with polarity flipped to match the strongest region (CHROM and POS differ)."""
-    pulses = np.zeros((len(regions), n))
-    ref = int(np.argmax(weights))
-    reference = regions[ref]
-    for r, reg in enumerate(regions):
-        if reg is None or weights[r] <= 0 or reference is None:
-            continue
-        sign = 1.0 if float(np.dot(reg.pulse, reference.pulse)) >= 0 else -1.0
-        pulses[r] = sign * reg.pulse
-    return pulses
 
 
 def _respiration(cond: Conditioned, weights: np.ndarray, beats: Beats, hr_confidence: float) -> Respiration:
@@ -343,7 +449,9 @@ def _result(
         "spo2": round(spo2.spo2_pct, 1),
         "systolic_bp": float(round(bp.systolic_mmhg)),
         "diastolic_bp": float(round(bp.diastolic_mmhg)),
-        "confidence": confidences["heart_rate"],
+        # The spec reserves confidence 0.0 for fallback vitals (clients test for it), so a measurement,
+        # however weak, reports at least the smallest value the API's three decimals can show.
+        "confidence": max(confidences["heart_rate"], MIN_MEASURED_CONFIDENCE),
     }
     source = {
         "heart_rate": "measured",
@@ -355,6 +463,7 @@ def _result(
     }
     quality: dict[str, Any] = {
         "reason": None,
+        "warnings": quality_warnings(a),
         "engine_version": ENGINE_VERSION,
         "confidence": confidences,
         "source": source,
