@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -20,8 +20,12 @@ VITALS = (
     ("systolic_bp", "Systolic BP", "mmHg"),
     ("diastolic_bp", "Diastolic BP", "mmHg"),
 )
-# Below this per-vital confidence a "measured" vital is shown as unreliable rather than as a reading.
-RELIABLE_CONFIDENCE = 0.3
+# Below this per-vital confidence a "measured" vital is shown as unreliable rather than as a reading, when
+# the server does not say itself (the reference backend sends quality.reliable). The confidence is the
+# calibrated probability of being within 5 bpm, so 0.5 means "more likely right than wrong".
+RELIABLE_CONFIDENCE = 0.5
+# How each kind of number looks: a measured value never looks like an unreliable or a prior one.
+KIND_STYLES = {"measured": "green", "prior": "yellow", "unreliable": "magenta", "fallback": "red"}
 
 
 class PlainLog:
@@ -94,24 +98,99 @@ def progress_printer(console: Console) -> PlainLog | RichProgress:
     return RichProgress(console) if console.is_terminal else PlainLog(console.file)
 
 
+class EvaluationProgress:
+    """`vitalcam evaluate`'s display: a bar per recording (which stage it is in) and one overall.
+
+    In a pipe or CI log it prints one line per recording and stage instead.
+    """
+
+    STAGE_LABELS: ClassVar[dict[str, str]] = {"vitalcam": "vitalcam", "textbook": "textbook", "done": "done"}
+
+    def __init__(self, console: Console, names: list[str], *, baseline: bool) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.stages = 2 if baseline else 1
+        self.names = names
+        self.done_count = 0
+        self._printed: set[tuple[str, str]] = set()
+        self.progress = Progress(
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[stage]}"),
+            console=console,
+        )
+        self.overall: TaskID | None = None
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> EvaluationProgress:
+        if self.live:
+            self.progress.start()
+            self.overall = self.progress.add_task("[bold]all recordings", total=len(self.names), stage="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def update(self, name: str, stage: str, fraction: float) -> None:
+        """Called with (recording, stage, fraction of that stage)."""
+        if not self.live:
+            if (name, stage) not in self._printed:
+                self._printed.add((name, stage))
+                if stage != "done":
+                    print(f"{name}: {stage}", file=self.console.file, flush=True)
+            return
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=100.0 * self.stages, stage="")
+        index = 0 if stage == "vitalcam" else 1
+        completed = 100.0 * self.stages if stage == "done" else 100.0 * (index + fraction)
+        self.progress.update(self.tasks[name], completed=completed, stage=self.STAGE_LABELS.get(stage, stage))
+
+    def finished(self, result: Any) -> None:
+        """Called once per recording with its result (or failure)."""
+        self.done_count += 1
+        status = f"failed: {result.failure}" if result.failure else "done"
+        if self.live:
+            assert self.overall is not None
+            self.progress.update(self.overall, completed=self.done_count)
+            if result.name in self.tasks:
+                self.progress.update(self.tasks[result.name], stage=status)
+        else:
+            print(
+                f"{result.name}: {status} ({self.done_count}/{len(self.names)})",
+                file=self.console.file,
+                flush=True,
+            )
+
+
+def evaluation_progress(console: Console, names: list[str], *, baseline: bool) -> EvaluationProgress:
+    return EvaluationProgress(console, names, baseline=baseline)
+
+
 def vital_rows(result: Any) -> list[dict[str, Any]]:
     """The result as rows: value, unit, per-vital confidence, and what kind of number it is."""
     quality = result.quality or {}
     confidences = quality.get("confidence") or {}
     sources = quality.get("source") or {}
+    reliable = quality.get("reliable") or {}
     rows = []
     for key, label, unit in VITALS:
         value = getattr(result.vitals, key, None) if result.vitals is not None else None
         confidence = confidences.get(key, 0.0 if result.is_fallback else None)
         source = sources.get(key, "measured")
+        trusted = reliable.get(key, confidence is None or confidence >= RELIABLE_CONFIDENCE)
         if result.is_fallback:
-            kind = "fallback (not a measurement)"
+            kind, kind_text = "fallback", "fallback (not a measurement)"
         elif source == "prior":
-            kind = "prior (not measured by the camera)"
-        elif confidence is not None and confidence < RELIABLE_CONFIDENCE:
-            kind = "unreliable (signal too weak)"
+            kind, kind_text = "prior", "prior (not measured by the camera)"
+        elif not trusted:
+            kind, kind_text = "unreliable", "UNRELIABLE (signal too weak to trust)"
         else:
-            kind = "measured"
+            kind, kind_text = "measured", "measured"
+        value_text = "-" if value is None else f"{value:g}"
+        if kind == "unreliable" and value is not None:
+            value_text = f"({value:g}?)"  # a number the eye must not take for a reading
         rows.append(
             {
                 "key": key,
@@ -119,12 +198,19 @@ def vital_rows(result: Any) -> list[dict[str, Any]]:
                 "value": value,
                 "unit": unit,
                 "confidence": confidence,
-                "kind": kind,
-                "value_text": "-" if value is None else f"{value:g}",
+                "kind": kind_text,
+                "kind_code": kind,
+                "value_text": value_text,
                 "confidence_text": "-" if confidence is None else f"{confidence:.2f}",
             }
         )
     return rows
+
+
+def quality_warnings(result: Any) -> list[str]:
+    """The server's warnings about this measurement (e.g. COMPRESSED_VIDEO), as messages."""
+    warnings = (result.quality or {}).get("warnings") or []
+    return [str(w.get("message") or w.get("code")) for w in warnings if isinstance(w, dict)]
 
 
 def privacy_summary(outcome: Outcome) -> str:
@@ -148,16 +234,25 @@ def print_result(console: Console, outcome: Outcome) -> None:
     table = Table(title=f"vitalcam result (session {result.session_id})")
     for column in ("Vital", "Value", "Unit", "Confidence", "Kind"):
         table.add_column(column, justify="right" if column in ("Value", "Confidence") else "left")
-    for row in vital_rows(result):
-        style = "green" if row["kind"] == "measured" else ("red" if "fallback" in row["kind"] else "yellow")
+    rows = vital_rows(result)
+    for row in rows:
+        style = KIND_STYLES[row["kind_code"]]
+        value = (
+            row["value_text"]
+            if row["kind_code"] != "unreliable"
+            else f"[{style}]{row['value_text']}[/{style}]"
+        )
         table.add_row(
-            row["label"],
-            row["value_text"],
-            row["unit"],
-            row["confidence_text"],
-            f"[{style}]{row['kind']}[/{style}]",
+            row["label"], value, row["unit"], row["confidence_text"], f"[{style}]{row['kind']}[/{style}]"
         )
     console.print(table)
+    if any(r["key"] == "heart_rate" and r["kind_code"] == "unreliable" for r in rows):
+        console.print(
+            "[bold magenta]UNRELIABLE:[/bold magenta] the heart rate could not be measured with confidence; "
+            "the number in parentheses is the strongest candidate, not a reading."
+        )
+    for message in quality_warnings(result):
+        console.print(f"[yellow]Note:[/yellow] {message}")
     vitals = result.vitals
     overall = vitals.confidence if vitals is not None else 0.0
     if result.is_fallback:

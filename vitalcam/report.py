@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vitalcam import __version__
-from vitalcam.console import privacy_summary, vital_rows
+from vitalcam.console import RELIABLE_CONFIDENCE, privacy_summary, quality_warnings, vital_rows
 from vitalcam.session import Outcome
 
 SECTIONS = ("Pulse waveform", "Pulse spectrum", "Heart-rate track", "Breathing signal", "Quality timeline")
@@ -70,7 +70,11 @@ def _plots(outcome: Outcome) -> tuple[dict[str, str], str]:
 
         def spectrum(ax: Any) -> None:
             ax.plot(analysis.freq_bpm, analysis.power, color="navy")
-            ax.axvline(analysis.hr_bpm, color="crimson", ls="--", label=f"HR {analysis.hr_bpm:.1f} bpm")
+            trusted = analysis.confidence["heart_rate"] >= RELIABLE_CONFIDENCE
+            label = (
+                f"HR {analysis.hr_bpm:.1f} bpm" if trusted else f"peak {analysis.hr_bpm:.1f} bpm (unreliable)"
+            )
+            ax.axvline(analysis.hr_bpm, color="crimson" if trusted else "purple", ls="--", label=label)
             ax.set_xlabel("frequency (beats/min)")
             ax.set_xlim(30, 220)
             ax.legend(loc="upper right")
@@ -107,9 +111,10 @@ def render_report(outcome: Outcome) -> str:
     images, failure = _plots(outcome)
     result = outcome.result
     rows = "".join(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+        '<tr class="{}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>'.format(
+            r["kind_code"],
             html.escape(r["label"]),
-            r["value_text"],
+            html.escape(r["value_text"]),
             html.escape(r["unit"]),
             r["confidence_text"],
             html.escape(r["kind"]),
@@ -117,6 +122,14 @@ def render_report(outcome: Outcome) -> str:
         for r in vital_rows(result)
     )
     banner = ""
+    hr_row = next((r for r in vital_rows(result) if r["key"] == "heart_rate"), None)
+    if hr_row is not None and hr_row["kind_code"] == "unreliable":
+        banner = (
+            '<p class="unreliable">UNRELIABLE: the heart rate could not be measured with confidence '
+            f"(confidence {html.escape(hr_row['confidence_text'])}). The value shown in parentheses is the "
+            "strongest candidate in the signal, not a reading; the plots below show why.</p>"
+        )
+    banner += "".join(f'<p class="note">Note: {html.escape(m)}</p>' for m in quality_warnings(result))
     if result.is_fallback:
         quality = result.quality or {}
         banner = (
@@ -137,6 +150,10 @@ def render_report(outcome: Outcome) -> str:
 body {{ font-family: system-ui, sans-serif; max-width: 960px; margin: 2em auto; color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; }}
 .fallback {{ background: #fdd; border: 2px solid #c00; padding: 8px; font-weight: bold; }}
+.unreliable {{ background: #f6e6f6; border: 2px solid #a0a; padding: 8px; font-weight: bold; }}
+.note {{ background: #fff6dd; border: 1px solid #c90; padding: 6px; }}
+tr.measured td {{ color: #060; }} tr.prior td {{ color: #960; }} tr.fallback td {{ color: #c00; }}
+tr.unreliable td {{ color: #a0a; font-style: italic; }}
 img {{ max-width: 100%; }} .dim {{ color: #777; font-size: 90%; }}
 </style></head><body>
 <h1>vitalcam measurement</h1>

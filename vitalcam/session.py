@@ -122,7 +122,7 @@ def iter_measurement(options: MeasureOptions) -> Iterator[Event]:
         source = stack.enter_context(_open(open_source, options))
         # Both preprocessors load their models before the first frame is grabbed, so that neither the
         # warm-up nor the switch from readiness to capture makes the grabber drop frames.
-        recorder = _preprocessor(options, source.info.kind)
+        recorder = _preprocessor(options, source.info.kind, source.info.bits_per_pixel)
         stack.callback(recorder.close)
         checker = None if options.replay else _preprocessor(options, "camera")
         if checker is not None:
@@ -153,13 +153,16 @@ def _open(open_source: Callable[..., FrameSource], options: MeasureOptions) -> F
     return open_source(options.source)
 
 
-def _preprocessor(options: MeasureOptions, source_kind: str) -> Preprocessor:
+def _preprocessor(
+    options: MeasureOptions, source_kind: str, bits_per_pixel: float | None = None
+) -> Preprocessor:
     from preprocess import PreprocessConfig, Preprocessor
 
     config = PreprocessConfig(
         regions=options.regions,
         include_patches=options.payload == "full",
         source="video" if source_kind == "video" else "camera",
+        video_bits_per_pixel=bits_per_pixel,
     )
     return Preprocessor(config)
 
