@@ -286,3 +286,51 @@ def test_report_of_a_fallback_says_not_a_measurement(tmp_path) -> None:
     assert "Not available: TOO_SHORT" in html
     assert "fallback (not a measurement)" in html
     assert "<h2>Quality timeline</h2>" in html and html.count("data:image/png;base64,") == 1
+
+
+def test_an_unreliable_heart_rate_never_looks_like_a_reading(tmp_path) -> None:
+    """Traces without a pulse go through the real server: the heart rate comes back with a low confidence,
+    and both the report (banner, row style, spectrum legend) and the terminal table mark it UNRELIABLE, in
+    a colour of its own, with the number in parentheses; compressed input adds its warning."""
+    import dataclasses
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from preprocess.tensor import VIDEO_BITS_PER_PIXEL_KEY, to_bytes
+    from server import start_embedded
+    from tests.simulate_traces import simulate
+    from transport import SessionClient
+    from vitalcam.console import print_result, vital_rows
+    from vitalcam.report import write_report
+    from vitalcam.session import Outcome, QualityTimeline
+
+    noise, _ = simulate(with_pulse=False, noise_std=0.3, seed=3)
+    noise = dataclasses.replace(noise, extra_metadata={VIDEO_BITS_PER_PIXEL_KEY: "0.012"})
+    with start_embedded() as server, SessionClient(server.base_url, server.api_key) as client:
+        result = client.measure(to_bytes(noise))
+    assert not result.is_fallback and result.vitals.confidence < 0.5
+    hr_row = next(r for r in vital_rows(result) if r["key"] == "heart_rate")
+    assert hr_row["kind_code"] == "unreliable" and hr_row["value_text"].startswith("(")
+    n = noise.n_frames
+    timeline = QualityTimeline(noise.t_s - noise.t_s[0], np.ones(n, bool), np.full(n, 120.0), np.zeros(n))
+    outcome = Outcome(result, noise, len(to_bytes(noise)), timeline, server.base_url, True, 0)
+    html = write_report(outcome, tmp_path / "unreliable.html").read_text()
+    assert '<p class="unreliable">UNRELIABLE' in html and '<tr class="unreliable">' in html
+    assert "COMPRESSED_VIDEO" not in html and "heavily compressed" in html
+    terminal = io.StringIO()
+    print_result(Console(file=terminal, force_terminal=True, color_system="truecolor", width=150), outcome)
+    text = terminal.getvalue()
+    assert "UNRELIABLE" in text and "heavily compressed" in text
+    measured_colour, unreliable_colour = "\x1b[32m", "\x1b[35m"  # green vs magenta
+    assert unreliable_colour in text
+    line = next(line for line in text.splitlines() if "Heart rate" in line)
+    assert measured_colour not in line and unreliable_colour in line
+
+
+def test_serve_on_a_public_address_without_a_public_url_is_a_usage_error(env, tmp_path) -> None:
+    result = run(["serve", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path / "data")], env)
+    assert result.returncode == 2
+    assert "VITALCAM_PUBLIC_BASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -156,6 +156,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("cameras", help="list the cameras OpenCV can open")
+
+    e = commands.add_parser(
+        "evaluate",
+        help="score heart rate on a dataset with a contact reference (UBFC-rPPG, PURE, video+CSV)",
+        description=(
+            "Run capture, preprocessing and the reference engine in-process on every recording of a dataset "
+            "and score the heart rate against the contact sensor: MAE, RMSE, MAPE, Pearson r, SNR, share "
+            "within 3 / 5 bpm, and the same split by confidence, per window length."
+        ),
+        epilog="example: vitalcam evaluate ~/data/UBFC-rPPG/DATASET_2 --baseline textbook --report eval.html",
+    )
+    e.add_argument("path", type=Path, help="dataset folder")
+    e.add_argument(
+        "--layout", choices=["ubfc-rppg", "pure", "folder"], help="dataset layout (default: detect)"
+    )
+    e.add_argument(
+        "--windows",
+        default="whole,30,10",
+        help="window lengths: 'whole' and/or seconds (default whole,30,10)",
+    )
+    e.add_argument(
+        "--baseline", choices=["textbook"], help="also run the textbook pipeline on the same videos"
+    )
+    e.add_argument("--report", type=Path, metavar="PATH.html", help="write the HTML report")
+    e.add_argument("--csv", type=Path, metavar="PATH.csv", help="write every reading as CSV")
+    e.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="recordings evaluated in parallel (default 1)"
+    )
     return parser
 
 
@@ -181,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "retry": cmd_retry,
         "bench": cmd_bench,
         "cameras": cmd_cameras,
+        "evaluate": cmd_evaluate,
     }[args.command]
     try:
         return handler(args)
@@ -320,8 +349,13 @@ def _print_demo_comparison(console: Any, outcome: Any, truth: Any) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from server import serve
+    from server.runner import UnsafeBindError
 
-    serve(host=args.host, port=args.port, data_dir=args.data_dir)
+    try:
+        serve(host=args.host, port=args.port, data_dir=args.data_dir)
+    except UnsafeBindError as exc:
+        print(f"vitalcam serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -391,7 +425,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_SERVER if failed else EXIT_OK
 
 
-BENCHMARKS = ("capture", "preprocess", "inference", "server")
+BENCHMARKS = ("capture", "preprocess", "inference", "accuracy", "server")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -424,6 +458,69 @@ def cmd_cameras(args: argparse.Namespace) -> int:
     for camera in cameras:
         print(camera)
     return EXIT_OK
+
+
+UBFC_CITATION = (
+    'UBFC-rPPG: S. Bobbia, R. Macwan, Y. Benezeth, A. Mansouri, J. Dubois, "Unsupervised skin tissue '
+    'segmentation for remote photoplethysmography", Pattern Recognition Letters, 2017.'
+)
+PURE_CITATION = (
+    'PURE: R. Stricker, S. Mueller, H.-M. Gross, "Non-contact video-based pulse rate measurement on a '
+    'mobile service robot", IEEE RO-MAN 2014.'
+)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evaluation import DatasetError, detect_layout, evaluate, load
+    from evaluation.metrics import parse_windows
+    from evaluation.tables import summary_lines, write_csv
+
+    try:
+        windows = parse_windows(args.windows)
+        layout = args.layout or detect_layout(args.path)
+        recordings = load(args.path, layout)
+    except (DatasetError, ValueError) as exc:
+        print(f"vitalcam evaluate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.jobs < 1:
+        print("vitalcam evaluate: --jobs must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    console = _console(stderr=True)
+    console.print(f"{len(recordings)} recordings ({layout}) in {args.path}; windows {args.windows}")
+    from vitalcam.console import evaluation_progress
+
+    with evaluation_progress(
+        console, [r.name for r in recordings], baseline=args.baseline is not None
+    ) as progress:
+        results = evaluate(
+            recordings,
+            windows,
+            baseline=args.baseline is not None,
+            jobs=args.jobs,
+            progress=progress.update,
+            on_result=progress.finished,
+        )
+    order = {r.name: i for i, r in enumerate(recordings)}
+    results.sort(key=lambda r: order[r.name])
+    for result in results:
+        if result.failure:
+            console.print(f"[red]{result.name}: failed[/red] ({result.failure})")
+        else:
+            for reading in result.readings:
+                if reading.note and reading.window_s is None:
+                    console.print(f"[yellow]{result.name}:[/yellow] {reading.method}: {reading.note}")
+    readings = [r for result in results for r in result.readings]
+    print("\n".join(summary_lines(readings)))
+    citation = {"ubfc-rppg": UBFC_CITATION, "pure": PURE_CITATION}.get(layout, "")
+    if args.csv is not None:
+        write_csv(readings, args.csv)
+        console.print(f"Readings written to {args.csv}")
+    if args.report is not None:
+        from evaluation.report import write
+
+        write(results, args.report, title=f"vitalcam evaluation: {args.path.name}", citation=citation)
+        console.print(f"Report written to {args.report}")
+    return EXIT_INTERNAL if all(r.failure for r in results) else EXIT_OK
 
 
 if __name__ == "__main__":
