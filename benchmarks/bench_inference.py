@@ -29,7 +29,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from capture.synthetic import SyntheticTruth  # noqa: E402
-from preprocess.tensor import Measurement, from_bytes, to_bytes  # noqa: E402
+from contract.tensor import Measurement, from_bytes, to_bytes  # noqa: E402
 from server.inference import InferenceFailed, InferenceResult, infer  # noqa: E402
 from tests.simulate_traces import simulate  # noqa: E402
 

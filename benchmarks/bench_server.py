@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from preprocess.tensor import FACE_REGIONS, Measurement, TensorMetadata, to_bytes
+from contract.tensor import FACE_REGIONS, Measurement, TensorMetadata, to_bytes
 from server import start_embedded
 from server.inference import InferenceResult
 

@@ -3,7 +3,8 @@
 from capture.camera import CameraDescription, CameraSource, list_cameras
 from capture.errors import CameraNotFound, CaptureError, SourceLost, VideoFileError
 from capture.frame import Frame, SourceKind
-from capture.source import FrameSource, SourceInfo, open_source
+from capture.opening import open_source
+from capture.source import FrameSource, SourceInfo
 from capture.video import VideoFileSource
 
 __all__ = [

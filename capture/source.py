@@ -1,18 +1,13 @@
-"""The frame-source interface shared by the camera, stream and video-file sources, and `open_source`."""
+"""The frame-source interface that the camera, stream and video-file sources implement (see `capture.opening`)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from capture.frame import Frame, SourceKind
-
-STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-_DEVICE_RE = re.compile(r"^/dev/video\d+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,54 +66,3 @@ class FrameSource(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
-
-
-def classify_spec(spec: int | str | Path) -> tuple[SourceKind, int | str]:
-    """Decide which source a spec means: a camera index/device, a stream URL or a video file path.
-
-    A string of digits ("0") is taken as a camera index, as a CLI would pass it.
-    """
-    if isinstance(spec, bool):
-        raise TypeError("source spec must be an int, str or Path, not bool")
-    if isinstance(spec, int):
-        return "camera", spec
-    if isinstance(spec, Path):
-        return "video", str(spec)
-    text = str(spec).strip()
-    if text.isdigit():
-        return "camera", int(text)
-    if _DEVICE_RE.match(text):
-        return "camera", text
-    if text.lower().startswith(STREAM_PREFIXES):
-        return "stream", text
-    return "video", text
-
-
-def open_source(
-    spec: int | str | Path,
-    *,
-    width: int | None = None,
-    height: int | None = None,
-    fps: float | None = None,
-    start_s: float = 0.0,
-    duration_s: float | None = None,
-    realtime: bool = False,
-) -> FrameSource:
-    """Open a camera (int or /dev/videoN), a network stream (rtsp/http URL) or a video file (any other path).
-
-    width/height/fps are requests to a camera or stream; start_s/realtime apply to files only; duration_s
-    limits any source. Options that do not apply raise ValueError rather than being silently ignored.
-    """
-    from capture.camera import CameraSource
-    from capture.video import VideoFileSource
-
-    kind, target = classify_spec(spec)
-    if kind == "video":
-        if width is not None or height is not None or fps is not None:
-            raise ValueError(
-                "width/height/fps are camera requests; a video file plays at its own size and rate"
-            )
-        return VideoFileSource(target, start_s=start_s, duration_s=duration_s, realtime=realtime)
-    if start_s:
-        raise ValueError("start_s applies to video files only")
-    return CameraSource(target, width=width, height=height, fps=fps, duration_s=duration_s, kind=kind)

@@ -17,7 +17,6 @@ from scipy import signal
 
 REFERENCE_LOW_HZ: Final = 0.6
 REFERENCE_HIGH_HZ: Final = 3.5
-RELIABLE_CONFIDENCE: Final = 0.5  # the split the accuracy targets use ("readings with confidence >= 0.5")
 
 
 def window_spans(duration_s: float, window_s: float | None) -> list[tuple[float, float]]:

@@ -19,14 +19,14 @@ from typing import Any, Final
 
 import numpy as np
 
+from contract.limits import MIN_USABLE_S
+from contract.tensor import Measurement
 from evaluation.datasets import Recording, open_frames
 from evaluation.metrics import reference_hr_bpm, snr_at_db, window_spans
-from preprocess.tensor import Measurement
 
 VITALCAM: Final = "vitalcam"
 # The engine needs 15 s of usable signal for a product measurement; an evaluation window shorter than
 # that is analysed with 90 % of its length as the minimum, so 10 s windows can be scored at all.
-PRODUCT_MIN_USABLE_S: Final = 15.0
 
 ProgressFn = Callable[[str, str, float], None]  # (recording, stage, fraction 0..1)
 
@@ -129,7 +129,7 @@ def _vitalcam_reading(
 
     part = _slice(m, *span)
     length = span[1] - span[0]
-    min_usable_s = min(PRODUCT_MIN_USABLE_S, 0.9 * length)
+    min_usable_s = min(MIN_USABLE_S, 0.9 * length)
     base = Reading(name, window_s, span[0], span[1], VITALCAM, float("nan"), ref)
     if part.n_frames < 2:
         return dataclasses.replace(base, note="NO_FRAMES: no frames in this span")

@@ -12,7 +12,8 @@ from typing import Final
 
 import numpy as np
 
-from evaluation.metrics import RELIABLE_CONFIDENCE, Summary, summarize
+from contract.limits import RELIABLE_CONFIDENCE
+from evaluation.metrics import Summary, summarize
 from evaluation.runner import VITALCAM, Reading
 
 CSV_COLUMNS: Final = (

@@ -1,6 +1,6 @@
 """On-device preprocessing: face regions, skin traces, patches, quality and the tensor builder.
 
-Heavy modules (cv2, mediapipe, numba) load lazily so that `preprocess.tensor` stays importable by the
+Heavy modules (cv2, mediapipe, numba) load lazily so that the tensor format (`contract.tensor`) stays importable by the
 server, which must not pull in the capture-side stack: the pipeline names below resolve on first use
 through the module `__getattr__`.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from preprocess.tensor import Measurement, TensorFormatError, TensorMetadata, from_bytes, to_bytes
+from contract.tensor import Measurement, TensorFormatError, TensorMetadata, from_bytes, to_bytes
 
 if TYPE_CHECKING:
     from preprocess.pipeline import FrameFeatures, PreprocessConfig, Preprocessor, process

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from preprocess.tensor import PATCH_SIZE_PX
+from contract.tensor import PATCH_SIZE_PX
 
 
 def patch_box(

@@ -21,12 +21,8 @@ from typing import Final, Literal
 import numpy as np
 
 from capture.frame import Frame
-from preprocess import extract, patches, pulse, quality, regions
-from preprocess.face import DEFAULT_MAX_INPUT_SIDE_PX, LandmarkBackend, default_backend
-from preprocess.pixels import Pixels, landmark_input_size, pixels_of
-from preprocess.quality import QualityState, QualityThresholds, QualityTooLow, QualityWarning
-from preprocess.smoothing import OneEuroFilter2D
-from preprocess.tensor import (
+from contract import __version__
+from contract.tensor import (
     FACE_REGIONS,
     FULL_FRAME_REGIONS,
     PATCH_SIZE_PX,
@@ -36,6 +32,11 @@ from preprocess.tensor import (
     TensorMetadata,
     validate,
 )
+from preprocess import extract, patches, pulse, quality, regions
+from preprocess.face import DEFAULT_MAX_INPUT_SIDE_PX, LandmarkBackend, default_backend
+from preprocess.pixels import Pixels, landmark_input_size, pixels_of
+from preprocess.quality import QualityState, QualityThresholds, QualityTooLow, QualityWarning
+from preprocess.smoothing import OneEuroFilter2D
 from preprocess.tracking import FaceTracker
 
 RegionMode = Literal["face", "full-frame"]
@@ -45,13 +46,8 @@ _FACE_INDEX: Final = FACE_REGIONS.index("face")
 
 
 def sdk_version() -> str:
-    """`vitalcam/<version>` for the tensor metadata, from the installed distribution."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"vitalcam/{version('vitalcam')}"
-    except PackageNotFoundError:
-        return "vitalcam/unknown"
+    """`vitalcam/<version>` for the tensor metadata."""
+    return f"vitalcam/{__version__}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ All landmark indices live here, once. "Left" and "right" are the subject's own s
 convention), so the subject's left cheek appears on the right of a non-mirrored image.
 
 Regions overlap (the face region contains the forehead and cheeks), so the label mask is a bit mask:
-bit r set means the pixel belongs to region r of `preprocess.tensor.FACE_REGIONS`.
+bit r set means the pixel belongs to region r of `contract.tensor.FACE_REGIONS`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Final
 import cv2
 import numpy as np
 
-from preprocess.tensor import FACE_REGIONS
+from contract.tensor import FACE_REGIONS
 
 # Forehead: from the top of the face oval down to the upper edge of both eyebrows (skin rule drops hair).
 FOREHEAD: Final = (

@@ -33,7 +33,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from preprocess.tensor import TensorFormatError, from_bytes
+from contract.tensor import TensorFormatError, from_bytes
+from contract.vitals import DEFAULT_FALLBACK_CONFIG
 from server.config import ServerConfig
 from server.errors import ApiError, error_response, install_error_handlers, invalid_key
 from server.models import (
@@ -46,7 +47,7 @@ from server.models import (
     UploadCompleteResponse,
     UploadReceipt,
 )
-from server.processing import DEFAULT_FALLBACK_CONFIG, InferFn, Outcome, default_infer, process_upload
+from server.processing import InferFn, Outcome, default_infer, process_upload
 from server.signing import upload_url, verify_upload
 from server.storage import AuthedKey, RateState, SessionRow, Store, UsageState, is_session_id
 
@@ -137,7 +138,7 @@ def create_app(config: ServerConfig, *, infer: InferFn | None = None) -> FastAPI
             state.executor.shutdown(wait=True)
             store.close()
 
-    from vitalcam import __version__
+    from contract import __version__
 
     app = FastAPI(
         title="vitalcam reference backend",
@@ -386,7 +387,7 @@ def _add_routes(app: FastAPI) -> None:
 
 
 async def health() -> JSONResponse:
-    from vitalcam import __version__
+    from contract import __version__
 
     return JSONResponse({"status": "ok", "version": __version__})
 

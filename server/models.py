@@ -12,15 +12,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-VITAL_KEYS: tuple[str, ...] = (
-    "heart_rate",
-    "respiratory_rate",
-    "hrv",
-    "spo2",
-    "systolic_bp",
-    "diastolic_bp",
-    "confidence",
-)
+from contract import vitals as contract_vitals
+from contract.limits import MAX_AGE_YEARS, MIN_AGE_YEARS
+
+# The response's vitals object: the table's vitals, then the overall confidence.
+VITAL_KEYS: tuple[str, ...] = (*contract_vitals.VITAL_KEYS, "confidence")
 
 SessionStatus = Literal["created", "uploading", "processing", "completed", "failed", "expired"]
 
@@ -40,7 +36,12 @@ class Demographics(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     age: (
-        Annotated[int, Field(ge=1, le=120, description="Age in years"), BeforeValidator(_whole_number)] | None
+        Annotated[
+            int,
+            Field(ge=MIN_AGE_YEARS, le=MAX_AGE_YEARS, description="Age in years"),
+            BeforeValidator(_whole_number),
+        ]
+        | None
     ) = None
     sex: Literal["M", "F", "X"] | None = None
     fitzpatrick: (

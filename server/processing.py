@@ -17,21 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from preprocess.tensor import Measurement, TensorFormatError, from_bytes
+from contract.tensor import Measurement, TensorFormatError, from_bytes
+from contract.vitals import DEFAULT_FALLBACK_CONFIG, draw_fallback
 from server import inference
 from server.models import VITAL_KEYS
 
 log = logging.getLogger("vitalcam.server")
-
-DEFAULT_FALLBACK_CONFIG: dict[str, Any] = {
-    "heart_rate": {"min": 62, "max": 98},
-    "hrv": {"min": 25, "max": 70},
-    "respiratory_rate": {"min": 13, "max": 19},
-    "spo2": {"min": 96, "max": 99},
-    "systolic_bp": {"min": 109, "max": 134},
-    "diastolic_bp_offset": {"min": 51, "max": 66},
-    "confidence": 0.0,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,34 +87,17 @@ def process_upload(
 
 
 def fallback_vitals(session_id: str, fallback_config: Mapping[str, Any]) -> dict[str, float]:
-    """Uniform draws from each range, seeded by the session id so a retry sees the same numbers.
-
-    heart_rate, respiratory_rate and systolic_bp are whole numbers, hrv and spo2 have one decimal, and
-    diastolic_bp = systolic_bp - a whole-number draw from `diastolic_bp_offset` (the offset is the gap below
-    systolic, i.e. the pulse pressure), never below 30 mmHg.
-    """
-    rng = random.Random(session_id)
-
-    def draw(name: str, decimals: int) -> float:
-        lo, hi = float(fallback_config[name]["min"]), float(fallback_config[name]["max"])
-        value = round(rng.uniform(min(lo, hi), max(lo, hi)), decimals)
-        return int(value) if decimals == 0 else value
-
-    heart_rate = draw("heart_rate", 0)
-    respiratory_rate = draw("respiratory_rate", 0)
-    hrv = draw("hrv", 1)
-    spo2 = draw("spo2", 1)
-    systolic_bp = draw("systolic_bp", 0)
-    diastolic_bp = max(30, systolic_bp - draw("diastolic_bp_offset", 0))
-    return {
-        "heart_rate": heart_rate,
-        "respiratory_rate": respiratory_rate,
-        "hrv": hrv,
-        "spo2": spo2,
-        "systolic_bp": systolic_bp,
-        "diastolic_bp": diastolic_bp,
-        "confidence": float(fallback_config.get("confidence", 0.0)),
+    """Uniform draws from each range (`contract.vitals.draw_fallback`), seeded by the session id so a
+    retry sees the same numbers; a range the session's config lacks comes from the spec's defaults."""
+    ranges = {
+        key: (float(value["min"]), float(value["max"]))
+        for key, value in {**DEFAULT_FALLBACK_CONFIG, **fallback_config}.items()
+        if isinstance(value, Mapping)
     }
+    drawn = draw_fallback(ranges, random.Random(session_id))
+    vitals: dict[str, float] = {key: value for key, value in drawn.items() if value is not None}
+    vitals["confidence"] = float(fallback_config.get("confidence", 0.0))
+    return vitals
 
 
 def _fallback(

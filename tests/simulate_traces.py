@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capture.synthetic import beat_times, interval_stats, pulse_waveform
-from preprocess.tensor import FACE_REGIONS, Measurement, TensorMetadata
+from contract.tensor import FACE_REGIONS, Measurement, TensorMetadata
 
 # Blood-volume-pulse signature of skin, normalised to green (de Haan & van Leest 2014: ~[0.33, 0.77, 0.53]).
 PBV = np.array([0.43, 1.0, 0.69])

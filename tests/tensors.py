@@ -1,6 +1,6 @@
 """Build valid vitalcam tensors in tests without a camera, cv2 or mediapipe.
 
-Server and transport tests need payloads that pass `preprocess.tensor.from_bytes`; rendering a video and
+Server and transport tests need payloads that pass `contract.tensor.from_bytes`; rendering a video and
 running face landmarks for each would cost seconds per test. These are synthetic traces with a plausible
 pulse (green channel strongest, as in real rPPG), a slow respiratory baseline drift and sensor noise.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from preprocess.tensor import (
+from contract.tensor import (
     FACE_REGIONS,
     FORMAT_NAME,
     FORMAT_VERSION,

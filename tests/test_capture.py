@@ -31,8 +31,8 @@ from capture import (
 )
 from capture.camera import backend_timestamp_trustworthy
 from capture.frame import Frame
+from capture.opening import classify_spec
 from capture.preview import PROGRESS_BGR, Overlay, draw_overlay, open_preview
-from capture.source import classify_spec
 from capture.video import frame_to_bgr
 from capture.yuv import YuvFrame
 

@@ -267,7 +267,7 @@ def test_report_of_a_fallback_says_not_a_measurement(tmp_path) -> None:
     """A too-short tensor gets fallback vitals from the real server; the report must not pass them off."""
     import numpy as np
 
-    from preprocess.tensor import to_bytes
+    from contract.tensor import to_bytes
     from server import start_embedded
     from tests.tensors import make_measurement
     from transport import SessionClient
@@ -298,7 +298,7 @@ def test_an_unreliable_heart_rate_never_looks_like_a_reading(tmp_path) -> None:
     import numpy as np
     from rich.console import Console
 
-    from preprocess.tensor import VIDEO_BITS_PER_PIXEL_KEY, to_bytes
+    from contract.tensor import VIDEO_BITS_PER_PIXEL_KEY, to_bytes
     from server import start_embedded
     from tests.simulate_traces import simulate
     from transport import SessionClient

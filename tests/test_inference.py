@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import server.inference.engine as engine
-from preprocess.tensor import validate
+from contract.tensor import validate
 from server.inference import Analysis, InferenceFailed, InferenceResult, analyze, infer
 from server.inference.priors import blood_pressure_prior
 from tests.simulate_traces import simulate

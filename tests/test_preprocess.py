@@ -16,6 +16,7 @@ import pytest
 from capture import VideoFileSource
 from capture.frame import Frame
 from capture.yuv import I420Planes, YuvFrame, yuv_to_bgr_bt601
+from contract.tensor import FACE_REGIONS, FULL_FRAME_REGIONS, PATCH_SIZE_PX
 from preprocess import (
     PreprocessConfig,
     Preprocessor,
@@ -28,7 +29,6 @@ from preprocess import (
     smoothing,
     to_bytes,
 )
-from preprocess.tensor import FACE_REGIONS, FULL_FRAME_REGIONS, PATCH_SIZE_PX
 
 # -- helpers -------------------------------------------------------------------------------------------
 
@@ -91,7 +91,7 @@ def random_labels(rng: np.random.Generator, height: int, width: int, overhang: i
 
 def test_tensor_and_package_import_without_heavy_modules():
     code = (
-        "import sys, preprocess, preprocess.tensor\n"
+        "import sys, preprocess, contract.tensor\n"
         "heavy = [m for m in ('cv2', 'mediapipe', 'numba') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "assert preprocess.Preprocessor and 'numba' in sys.modules\n"

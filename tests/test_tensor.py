@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
-from preprocess.tensor import (
+from contract.tensor import (
     FACE_REGIONS,
     MAX_PAYLOAD_BYTES,
     Measurement,
@@ -269,7 +269,7 @@ def test_dtype_and_shape_edits_only_raise_format_error(name: str, dtype: str, sh
 
 def test_format_module_imports_without_heavy_stack() -> None:
     code = (
-        "import sys, preprocess.tensor\n"
+        "import sys, contract.tensor\n"
         "heavy = [m for m in ('cv2', 'mediapipe', 'numba') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from preprocess.tensor import Measurement
+from contract.tensor import Measurement
 from server.inference import InferenceResult
 from tests.fault_proxy import Backend, FaultProxy, backend
 from tests.tensors import make_payload

@@ -48,7 +48,7 @@ Payload = bytes | bytearray | memoryview | Path | str
 
 
 def user_agent() -> str:
-    from vitalcam import __version__
+    from contract import __version__
 
     return f"vitalcam-transport/{__version__} (+httpx/{httpx.__version__})"
 

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import httpx
 
+from contract.limits import FITZPATRICK_TYPES, MAX_AGE_YEARS, MIN_AGE_YEARS, SEXES, age_is_valid
+from contract.vitals import draw_fallback
 from transport.errors import UnexpectedResponse, request_id_of
 
 Sex = Literal["M", "F", "X"]
@@ -32,11 +34,11 @@ class Demographics:
     fitzpatrick: int | None = None
 
     def __post_init__(self) -> None:
-        if self.age is not None and not (isinstance(self.age, int) and 0 < self.age < 130):
-            raise ValueError(f"age must be an integer in 1..129, got {self.age!r}")
-        if self.sex is not None and self.sex not in ("M", "F", "X"):
+        if self.age is not None and not age_is_valid(self.age):
+            raise ValueError(f"age must be an integer in {MIN_AGE_YEARS}..{MAX_AGE_YEARS}, got {self.age!r}")
+        if self.sex is not None and self.sex not in SEXES:
             raise ValueError(f"sex must be 'M', 'F' or 'X', got {self.sex!r}")
-        if self.fitzpatrick is not None and self.fitzpatrick not in range(1, 7):
+        if self.fitzpatrick is not None and self.fitzpatrick not in FITZPATRICK_TYPES:
             raise ValueError(f"fitzpatrick must be 1..6, got {self.fitzpatrick!r}")
 
     def to_json(self) -> dict[str, Any]:
@@ -203,24 +205,8 @@ class FallbackConfig:
 
         Confidence is forced to 0.0 whatever the config says, so `is_fallback` always holds.
         """
-        rng = rng or random.Random()
-
-        def pick(key: str, digits: int = 0) -> float | None:
-            r = self.ranges.get(key)
-            return None if r is None else round(rng.uniform(r.min, r.max), digits)
-
-        systolic = pick("systolic_bp")
-        offset = pick("diastolic_bp_offset")
-        diastolic = None if systolic is None or offset is None else systolic - offset
-        return Vitals(
-            heart_rate=pick("heart_rate"),
-            respiratory_rate=pick("respiratory_rate"),
-            hrv=pick("hrv", 1),
-            spo2=pick("spo2", 1),
-            systolic_bp=systolic,
-            diastolic_bp=diastolic,
-            confidence=0.0,
-        )
+        drawn = draw_fallback({k: (r.min, r.max) for k, r in self.ranges.items()}, rng or random.Random())
+        return Vitals(**drawn, confidence=0.0)
 
 
 def _finite(value: object) -> float | None:

@@ -1,3 +1,5 @@
 """vitalcam: camera vital signs, measured on-device and inferred by a sessions-API backend."""
 
-__version__ = "0.1.0"
+from contract import __version__
+
+__all__ = ["__version__"]

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitalcam import __version__
+from contract import __version__
+from contract.limits import MAX_AGE_YEARS, MAX_CAPTURE_S, MIN_AGE_YEARS, MIN_CAPTURE_S
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -32,9 +33,9 @@ def _camera_spec(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-# Inference needs 15 s of usable signal; a capture of exactly 15 s spans 15 s minus one frame interval.
-MIN_DURATION_S = 16.0
-MAX_DURATION_S = 180.0  # the tensor format's limit
+# Inference needs MIN_USABLE_S of usable signal; a capture of exactly that spans one frame interval less.
+MIN_DURATION_S = MIN_CAPTURE_S
+MAX_DURATION_S = MAX_CAPTURE_S  # the tensor format's limit
 
 
 def _duration(text: str) -> float:
@@ -90,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to capture, 16..180 (default 30 for a camera; the whole video, up to 180 s, for --video)",
     )
-    m.add_argument("--age", type=int, help="age in years (1..120), improves the blood-pressure prior")
+    m.add_argument(
+        "--age",
+        type=int,
+        help=f"age in years ({MIN_AGE_YEARS}..{MAX_AGE_YEARS}), improves the blood-pressure prior",
+    )
     m.add_argument("--sex", choices=["M", "F", "X"], help="sex, improves the blood-pressure prior")
     m.add_argument(
         "--fitzpatrick", type=int, choices=range(1, 7), metavar="1..6", help="Fitzpatrick skin type"
@@ -232,8 +237,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     demographics = {
         k: getattr(args, k) for k in ("age", "sex", "fitzpatrick") if getattr(args, k) is not None
     }
-    if args.age is not None and not 1 <= args.age <= 120:
-        print("vitalcam measure: --age must be 1..120", file=sys.stderr)
+    if args.age is not None and not MIN_AGE_YEARS <= args.age <= MAX_AGE_YEARS:
+        print(f"vitalcam measure: --age must be {MIN_AGE_YEARS}..{MAX_AGE_YEARS}", file=sys.stderr)
         return EXIT_USAGE
     if args.api_url and not args.api_key:
         print("vitalcam measure: --api-url needs --api-key (or VITALCAM_API_KEY)", file=sys.stderr)
@@ -260,8 +265,8 @@ def run_measurement(
 ) -> tuple[int, Any]:
     """Run one measurement with terminal output; maps every failure to its documented exit code."""
     from capture import CameraNotFound, CaptureError
+    from contract.tensor import TensorFormatError
     from preprocess import QualityTooLow
-    from preprocess.tensor import TensorFormatError
     from transport import VitalcamError
     from vitalcam.console import print_result, progress_printer
     from vitalcam.session import Cancelled, NotReady, measure

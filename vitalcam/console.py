@@ -9,21 +9,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from contract.limits import RELIABLE_CONFIDENCE
+from contract.vitals import VITALS
 from vitalcam.session import Event, Outcome, Phase
 
-# (key in the spec's vitals object, label, unit)
-VITALS = (
-    ("heart_rate", "Heart rate", "bpm"),
-    ("respiratory_rate", "Respiratory rate", "breaths/min"),
-    ("hrv", "HRV (SDNN)", "ms"),
-    ("spo2", "SpO2", "%"),
-    ("systolic_bp", "Systolic BP", "mmHg"),
-    ("diastolic_bp", "Diastolic BP", "mmHg"),
-)
-# Below this per-vital confidence a "measured" vital is shown as unreliable rather than as a reading, when
-# the server does not say itself (the reference backend sends quality.reliable). The confidence is the
-# calibrated probability of being within 5 bpm, so 0.5 means "more likely right than wrong".
-RELIABLE_CONFIDENCE = 0.5
+# Below RELIABLE_CONFIDENCE a "measured" vital is shown as unreliable rather than as a reading, when the
+# server does not say itself (the reference backend sends quality.reliable).
 # How each kind of number looks: a measured value never looks like an unreliable or a prior one.
 KIND_STYLES = {"measured": "green", "prior": "yellow", "unreliable": "magenta", "fallback": "red"}
 
@@ -175,7 +166,7 @@ def vital_rows(result: Any) -> list[dict[str, Any]]:
     sources = quality.get("source") or {}
     reliable = quality.get("reliable") or {}
     rows = []
-    for key, label, unit in VITALS:
+    for key, label, unit in ((v.key, v.label, v.unit) for v in VITALS):
         value = getattr(result.vitals, key, None) if result.vitals is not None else None
         confidence = confidences.get(key, 0.0 if result.is_fallback else None)
         source = sources.get(key, "measured")

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from vitalcam import __version__
-from vitalcam.console import RELIABLE_CONFIDENCE, privacy_summary, quality_warnings, vital_rows
+from contract import __version__
+from contract.limits import RELIABLE_CONFIDENCE
+from vitalcam.console import privacy_summary, quality_warnings, vital_rows
 from vitalcam.session import Outcome
 
 SECTIONS = ("Pulse waveform", "Pulse spectrum", "Heart-rate track", "Breathing signal", "Quality timeline")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from preprocess.tensor import Measurement
+from contract.tensor import Measurement
 
 if TYPE_CHECKING:  # the stages load lazily: importing this module must not start mediapipe or uvicorn
     from capture import Frame, FrameSource
@@ -283,7 +283,7 @@ def _serialise(measurement: Measurement) -> tuple[bytes, Measurement, str]:
     """The payload; a measurement too long to carry its patches is sent as traces rather than lost."""
     import dataclasses
 
-    from preprocess.tensor import MAX_PAYLOAD_BYTES, TensorFormatError, to_bytes
+    from contract.tensor import MAX_PAYLOAD_BYTES, TensorFormatError, to_bytes
 
     try:
         return to_bytes(measurement), measurement, ""

@@ -13,13 +13,13 @@ from typing import Final
 
 import numpy as np
 
-from preprocess.tensor import MAX_FPS as MAX_FPS_HZ
-from preprocess.tensor import MIN_FPS as MIN_FPS_HZ
-from preprocess.tensor import Measurement
+from contract.limits import MIN_USABLE_S
+from contract.tensor import MAX_FPS as MAX_FPS_HZ
+from contract.tensor import MIN_FPS as MIN_FPS_HZ
+from contract.tensor import Measurement
 from server.inference.errors import InferenceFailed
 
 MIN_COVERAGE: Final = 0.70
-MIN_USABLE_S: Final = 15.0
 MAX_GRID_FS_HZ: Final = 30.0
 MIN_BRIDGE_S: Final = 0.5
 

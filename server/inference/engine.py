@@ -13,10 +13,11 @@ from typing import Any, Final
 
 import numpy as np
 
-from preprocess.tensor import VIDEO_BITS_PER_PIXEL_KEY, Measurement
+from contract.limits import MIN_USABLE_S, RELIABLE_CONFIDENCE
+from contract.tensor import VIDEO_BITS_PER_PIXEL_KEY, Measurement
 from server.inference import confidence as conf
 from server.inference import pulse as hr_pulse
-from server.inference.conditioning import MIN_USABLE_S, Conditioned, condition
+from server.inference.conditioning import Conditioned, condition
 from server.inference.errors import InferenceFailed
 from server.inference.hrv import MIN_CLEAN_BEATS, Beats, detect_beats, systolic_up
 from server.inference.priors import (
@@ -30,9 +31,6 @@ from server.inference.signals import welch_psd
 
 ENGINE_VERSION: Final = "1"
 HRV_PRIOR_MS: Final = 45.0
-# The confidence is the calibrated probability that the heart rate is within 5 bpm: above one half a
-# vital is more likely right than wrong, and only then is it called reliable.
-RELIABLE_CONFIDENCE: Final = 0.5
 SPECTRUM_LOW_BPM: Final = 30.0
 SPECTRUM_HIGH_BPM: Final = 240.0
 # Below this many compressed bits per pixel (H.264 re-encodes of datasets sit at 0.01-0.02, an ordinary
