@@ -1,18 +1,18 @@
 """A small POS pulse estimate for the live preview (display only; the server does the real inference).
 
-POS (Wang et al. 2017, "Algorithmic principles of remote PPG") projects temporally normalised RGB onto
-the plane orthogonal to skin tone, which cancels most illumination and motion changes; it needs nothing
-but numpy and is cheap enough to refresh a few times per second.
+It uses the engine's own POS (`contract.pos`) and pulse band; only the read-out is simpler (one
+periodogram peak over the last seconds), cheap enough to refresh a few times per second.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-MIN_PULSE_BPM = 42.0
-MAX_PULSE_BPM = 180.0
-_POS_PROJECTION = np.array([[0.0, 1.0, -1.0], [-2.0, 1.0, 1.0]])
+from contract.pos import PULSE_HIGH_HZ, PULSE_LOW_HZ, pos
+
+# The engine's pulse band, so the preview never shows a rate the result could not report.
+MIN_PULSE_BPM = PULSE_LOW_HZ * 60.0
+MAX_PULSE_BPM = PULSE_HIGH_HZ * 60.0
 
 
 def resample_uniform(t_s: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, float]:
@@ -27,25 +27,6 @@ def resample_uniform(t_s: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, f
     for c in range(values.shape[1]):
         out[:, c] = np.interp(grid, t_s, values[:, c])
     return out, fps
-
-
-def pos_pulse(rgb: np.ndarray, fps: float, window_s: float = 1.6) -> np.ndarray:
-    """POS pulse signal (float64 [T]) from evenly sampled mean skin RGB [T, 3]."""
-    n = rgb.shape[0]
-    window = max(2, round(window_s * fps))
-    if n < window:
-        return np.zeros(n)
-    windows = sliding_window_view(rgb, window, axis=0)  # [n - window + 1, 3, window]
-    normalised = windows / np.maximum(windows.mean(axis=2, keepdims=True), 1e-9)
-    projected = np.einsum("pc,ncw->npw", _POS_PROJECTION, normalised)
-    s0, s1 = projected[:, 0], projected[:, 1]
-    alpha = s0.std(axis=1) / np.maximum(s1.std(axis=1), 1e-12)
-    h = s0 + alpha[:, None] * s1
-    h -= h.mean(axis=1, keepdims=True)
-    pulse = np.zeros(n)
-    for start in range(h.shape[0]):  # overlap-add
-        pulse[start : start + window] += h[start]
-    return pulse
 
 
 def bandpass(signal: np.ndarray, fps: float, low_hz: float, high_hz: float) -> np.ndarray:
@@ -70,7 +51,7 @@ def preview(t_s: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, float] | None
     if t_s.shape[0] < 30 or t_s[-1] - t_s[0] < 5.0:
         return None
     even, fps = resample_uniform(t_s, rgb)
-    pulse = bandpass(pos_pulse(even, fps), fps, MIN_PULSE_BPM / 60.0, MAX_PULSE_BPM / 60.0)
+    pulse = bandpass(pos(even, fps), fps, MIN_PULSE_BPM / 60.0, MAX_PULSE_BPM / 60.0)
     scale = float(np.abs(pulse).max())
     if not np.isfinite(scale) or scale == 0:
         return None

@@ -69,10 +69,11 @@ def spectral_peak_bpm(signal: np.ndarray, fps: float) -> float:
 
 
 def bandpassed_pos(t_s: np.ndarray, rgb: np.ndarray) -> np.ndarray:
-    from preprocess.pulse import bandpass, pos_pulse, resample_uniform
+    from contract.pos import pos
+    from preprocess.pulse import bandpass, resample_uniform
 
     even, fps = resample_uniform(t_s, rgb.astype(np.float64))
-    return bandpass(pos_pulse(even, fps), fps, 0.7, 3.0)
+    return bandpass(pos(even, fps), fps, 0.7, 3.0)
 
 
 # -- import hygiene ------------------------------------------------------------------------------------

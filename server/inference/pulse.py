@@ -30,6 +30,7 @@ from typing import Final
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from contract.pos import PULSE_HIGH_HZ, PULSE_LOW_HZ, pos
 from server.inference.signals import (
     bandpass,
     hann_power,
@@ -41,11 +42,10 @@ from server.inference.signals import (
     welch_psd,
 )
 
-HR_LOW_HZ: Final = 0.7  # 42 bpm
-HR_HIGH_HZ: Final = 3.5  # 210 bpm
+HR_LOW_HZ: Final = PULSE_LOW_HZ  # 42 bpm
+HR_HIGH_HZ: Final = PULSE_HIGH_HZ  # 210 bpm
 SNR_LOW_HZ: Final = 0.6
 SNR_HIGH_HZ: Final = 4.0
-PROJECTION_WINDOW_S: Final = 1.6
 TRACK_WINDOW_S: Final = 10.0
 MIN_TRACK_WINDOW_S: Final = 6.0
 TRACK_HOP_S: Final = 1.0
@@ -63,33 +63,6 @@ PERIODICITY_GAIN: Final = 0.05
 SUPPORT_TOLERANCE_BPM: Final = 6.0
 # In-band face-box motion (std as a fraction of face width) at which spectral attenuation starts to bite.
 MOTION_REF: Final = 0.004
-
-
-def pos(rgb: np.ndarray, fs_hz: float, window_s: float = PROJECTION_WINDOW_S) -> np.ndarray:
-    """Plane-Orthogonal-to-Skin pulse from one region's RGB trace [N, 3]; returns the pulse [N].
-
-    Per 1.6 s sliding window (one sample hop): temporal normalisation by the window mean, projection onto
-    the plane orthogonal to skin tone (P = [[0, 1, -1], [-2, 1, 1]]), alpha tuning h = S1 + σ(S1)/σ(S2)·S2,
-    and overlap-add of the zero-mean window results (Wang et al. 2017, Algorithm 1).
-    """
-    n = rgb.shape[0]
-    length = max(2, round(window_s * fs_hz))
-    if n < length:
-        return np.zeros(n)
-    windows = sliding_window_view(rgb, length, axis=0)  # [W, 3, L]
-    mean = windows.mean(axis=2, keepdims=True)
-    cn = windows / np.where(mean > 0, mean, 1.0)
-    s1 = cn[:, 1, :] - cn[:, 2, :]
-    s2 = -2.0 * cn[:, 0, :] + cn[:, 1, :] + cn[:, 2, :]
-    sd1, sd2 = s1.std(axis=1), s2.std(axis=1)
-    alpha = np.where(sd2 > 0, sd1 / np.where(sd2 > 0, sd2, 1.0), 0.0)
-    h = s1 + alpha[:, None] * s2
-    h -= h.mean(axis=1, keepdims=True)
-    out = np.zeros(n)
-    n_windows = h.shape[0]
-    for k in range(length):
-        out[k : k + n_windows] += h[:, k]
-    return out
 
 
 def condition_pulse(raw: np.ndarray, valid: np.ndarray, fs_hz: float) -> np.ndarray:
