@@ -35,6 +35,11 @@ ENV_VARS: dict[str, str] = {
     "body_timeout_s": "VITALCAM_BODY_TIMEOUT_S",
     "upload_timeout_s": "VITALCAM_UPLOAD_TIMEOUT_S",
     "trusted_proxies": "VITALCAM_TRUSTED_PROXIES",
+    "database_url": "VITALCAM_DATABASE_URL",
+    "blob_store": "VITALCAM_BLOB_STORE",
+    "queue_url": "VITALCAM_QUEUE_URL",
+    "result_wait_s": "VITALCAM_RESULT_WAIT_S",
+    "single_process": "VITALCAM_SINGLE_PROCESS",
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -83,14 +88,24 @@ class ServerConfig:
     upload_timeout_s: float = 900.0
     # Peers (IPs or CIDR networks) whose X-Forwarded-For/-Proto headers are believed; nobody by default.
     trusted_proxies: tuple[str, ...] = ()
+    # The scaled configuration (docs/deploy.md); None keeps the embedded default: SQLite and a folder in
+    # data_dir, inference in this process.
+    database_url: str | None = None  # postgresql://user@host:port/db
+    blob_store: str | None = None  # s3://bucket?endpoint=http://host:port&region=...
+    queue_url: str | None = None  # redis://host:port/db: inference on `vitalcam worker` processes
+    # How long upload-complete waits for a queued inference before answering (fallback vitals, or
+    # RESULT_PENDING with PERSIST_VITALS=true so the client polls).
+    result_wait_s: float = 120.0
+    # This process is the only one using the stores, so it may reset what a previous run left mid-flight.
+    single_process: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
         if self.public_base_url is not None:
             object.__setattr__(self, "public_base_url", _checked_base_url(self.public_base_url))
-        if isinstance(self.trusted_proxies, str):
-            object.__setattr__(self, "trusted_proxies", _split_list(self.trusted_proxies))
-        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
+        raw_proxies: object = self.trusted_proxies  # a str from callers that ignore the annotation
+        proxies = _split_list(raw_proxies) if isinstance(raw_proxies, str) else tuple(self.trusted_proxies)
+        object.__setattr__(self, "trusted_proxies", proxies)
         for name in (
             "rate_limit_per_hour",
             "monthly_quota",
@@ -102,7 +117,13 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.inference_workers < 1:
             raise ValueError(f"inference_workers must be >= 1, got {self.inference_workers}")
-        for name in ("sweep_interval_s", "header_timeout_s", "body_timeout_s", "upload_timeout_s"):
+        for name in (
+            "sweep_interval_s",
+            "header_timeout_s",
+            "body_timeout_s",
+            "upload_timeout_s",
+            "result_wait_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for proxy in self.trusted_proxies:
@@ -134,6 +155,11 @@ class ServerConfig:
             raise TypeError(f"unknown ServerConfig fields: {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def scaled(self) -> bool:
+        """Any part of the scaled configuration in use."""
+        return bool(self.database_url or self.blob_store or self.queue_url)
 
     def with_overrides(self, **overrides: Any) -> ServerConfig:
         return replace(self, **overrides)

@@ -13,18 +13,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract import errors as codes
+from contract.errors import ErrorCode
+
 log = logging.getLogger("vitalcam.server")
 
-# HTTP status for codes that are not the spec's, kept here so docs/api.md and the code agree.
-_HTTP_CODES = {
-    400: "INVALID_REQUEST",
-    401: "API_KEY_INVALID",
-    403: "FORBIDDEN",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    408: "REQUEST_TIMEOUT",
-    413: "PAYLOAD_TOO_LARGE",
-    415: "INVALID_REQUEST",
+# The code for HTTP-level refusals that FastAPI or Starlette raise themselves (unknown route, wrong method).
+_HTTP_CODES: dict[int, ErrorCode] = {
+    400: codes.INVALID_REQUEST,
+    401: codes.API_KEY_INVALID,
+    403: codes.FORBIDDEN,
+    404: codes.NOT_FOUND,
+    405: codes.METHOD_NOT_ALLOWED,
+    408: codes.REQUEST_TIMEOUT,
+    413: codes.PAYLOAD_TOO_LARGE,
+    415: codes.INVALID_REQUEST,
 }
 
 
@@ -47,6 +50,11 @@ class ApiError(Exception):
         self.retryable = retryable
         self.headers = headers or {}
 
+    @classmethod
+    def of(cls, code: ErrorCode, message: str, *, headers: dict[str, str] | None = None) -> ApiError:
+        """The error for one code of the contract's table, with its status and retryable flag."""
+        return cls(code.http_status, code.code, message, retryable=code.retryable, headers=headers)
+
 
 def error_response(
     status_code: int, code: str, message: str, retryable: bool = False, headers: dict[str, str] | None = None
@@ -63,7 +71,7 @@ def error_response(
 
 def invalid_key() -> ApiError:
     """The single 401 for missing, malformed, unknown and revoked keys: nothing tells them apart."""
-    return ApiError(401, "API_KEY_INVALID", "Invalid, revoked, or missing API key")
+    return ApiError.of(codes.API_KEY_INVALID, "Invalid, revoked, or missing API key")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -78,7 +86,7 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(400, "INVALID_REQUEST", validation_message(exc))
+    return error_response(400, codes.INVALID_REQUEST.code, validation_message(exc))
 
 
 def validation_message(exc: RequestValidationError) -> str:
@@ -94,11 +102,13 @@ def validation_message(exc: RequestValidationError) -> str:
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
+    code = _HTTP_CODES.get(exc.status_code, codes.HTTP_ERROR)
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
+    return error_response(exc.status_code, code.code, message, code.retryable, dict(exc.headers or {}))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "INTERNAL_ERROR", "Internal server error", retryable=True)
+    return error_response(
+        500, codes.INTERNAL_ERROR.code, "Internal server error", codes.INTERNAL_ERROR.retryable
+    )

@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from contract.tensor import Measurement, TensorFormatError, from_bytes
@@ -45,7 +44,7 @@ def default_infer(
 
 def process_upload(
     session_id: str,
-    blob: Path,
+    payload: bytes,
     demographics: Mapping[str, Any] | None,
     fallback_config: Mapping[str, Any],
     infer: InferFn = default_infer,
@@ -53,7 +52,7 @@ def process_upload(
     """Read the stored tensor, run inference, and build the response; never raises for bad data."""
     started_s = time.perf_counter()
     try:
-        measurement = from_bytes(blob.read_bytes())
+        measurement = from_bytes(payload)
         result = infer(measurement, demographics)
         vitals = _checked_vitals(result.vitals)
         quality = _jsonable(dict(result.quality))

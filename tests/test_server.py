@@ -26,7 +26,7 @@ import pytest
 from server import ServerConfig, create_key, list_keys, revoke_key, start_embedded
 from server.inference import InferenceFailed, InferenceResult
 from server.models import VITAL_KEYS
-from server.storage import DB_NAME
+from server.stores.sqlite import DB_NAME
 from tests.tensors import make_measurement, make_payload, unchecked_bytes
 
 pytestmark = pytest.mark.timeout(60)
@@ -540,8 +540,8 @@ def test_concurrent_and_interrupted_uploads_leave_the_session_retryable(api: Api
 
 
 def test_unknown_session_with_a_valid_signature_is_404(api: Api, server: Any) -> None:
+    from server.secret import SECRET_NAME
     from server.signing import upload_url
-    from server.storage import SECRET_NAME
 
     secret = bytes.fromhex((server.config.data_dir / SECRET_NAME).read_text())
     url = upload_url(server.base_url, secret, str(uuid.uuid4()), int(time.time()) + 60)

@@ -25,7 +25,7 @@ import pytest
 from server import ServerConfig, create_key, start_embedded
 from server.inference import InferenceResult
 from server.runner import UnsafeBindError, check_bind, serve, uvicorn_config
-from server.storage import Store
+from server.stores.sqlite import SqliteSessionStore as Store
 from tests.tensors import make_payload
 
 pytestmark = pytest.mark.timeout(120)

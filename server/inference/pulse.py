@@ -59,6 +59,12 @@ OCCUPANCY_WIDTH_BPM: Final = 1.5
 # band's median power, and the waveform must repeat better at two periods than at one.
 SUBHARMONIC_PROMINENCE: Final = 8.0
 PERIODICITY_GAIN: Final = 0.05
+# ... and the line the track found (the supposed harmonic) must itself stand this many times above the
+# band's median: a pulse shows its waveform's shape only when it is clean. On the UBFC-rPPG videos the
+# track's line stands 3-70x above the median in 10-30 s spans, and the two false traps the rule above let
+# through (110 and 105 bpm halved in 15 and 20 s spans) were at 17x and 13x; a simulated dicrotic pulse
+# whose harmonic outweighs its fundamental stands at 150-480x.
+HARMONIC_LINE_PROMINENCE: Final = 50.0
 # A window "supports" the track when its own highest peak lies this close to it.
 SUPPORT_TOLERANCE_BPM: Final = 6.0
 # In-band face-box motion (std as a fraction of face width) at which spectral attenuation starts to bite.
@@ -319,11 +325,17 @@ def is_harmonic_trap(
     A pulse wave with a strong diastolic wave can put more power at 2·HR than at HR. Then the true rate is
     still a clear spectral line of its own: the half-rate is a local maximum of the whole-record spectrum
     `power` [F] standing SUBHARMONIC_PROMINENCE × above the band's median power, and the waveform repeats
-    better at two periods than at one (`periodicity_gain`). Noise near half a real rate (common on
-    compressed video) is neither: the test looks for evidence of a trap, not for power at half the rate.
+    better at two periods than at one (`periodicity_gain`); and the supposed harmonic is a very clean line
+    (HARMONIC_LINE_PROMINENCE), since only a clean pulse shows its shape. Noise near half a real rate
+    (common on compressed video) is none of these: the test looks for evidence of a trap, not for power
+    at half the rate.
     """
     half = hr_hz / 2.0
     if half < HR_LOW_HZ:
+        return False
+    band = (f_hz >= HR_LOW_HZ) & (f_hz <= HR_HIGH_HZ)
+    floor = float(np.median(power[band]))
+    if float(np.interp(hr_hz, f_hz, power)) < HARMONIC_LINE_PROMINENCE * floor:
         return False
     near = np.flatnonzero(np.abs(f_hz - half) <= 0.08)
     if near.size == 0:
@@ -331,8 +343,6 @@ def is_harmonic_trap(
     j = int(near[np.argmax(power[near])])
     if not (0 < j < f_hz.shape[0] - 1 and power[j] >= max(power[j - 1], power[j + 1])):
         return False
-    band = (f_hz >= HR_LOW_HZ) & (f_hz <= HR_HIGH_HZ)
-    floor = float(np.median(power[band]))
     return bool(
         power[j] >= SUBHARMONIC_PROMINENCE * floor
         and periodicity_gain(pulse, fs_hz, hr_hz) >= PERIODICITY_GAIN

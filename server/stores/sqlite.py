@@ -1,4 +1,4 @@
-"""SQLite storage for developers, API keys, sessions, usage and rate windows, plus the upload blobs.
+"""The SQLite `SessionStore`: the embedded default, one file in the data directory.
 
 One connection guarded by one lock: every operation here is a handful of indexed statements (tens of
 microseconds), so serialising them is cheaper and simpler than a connection per thread fighting over
@@ -14,33 +14,36 @@ copies of those pages (with the demographics and results in them) until later tr
 
 from __future__ import annotations
 
-import calendar
-import hashlib
 import hmac
 import json
 import logging
-import os
-import re
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from contract.sessions import SessionStatus
+from server.stores.base import (
+    RATE_WINDOW_S,
+    AuthedKey,
+    KeyInfo,
+    NewSession,
+    RateState,
+    SessionRow,
+    UsageState,
+    hash_key,
+    key_id_of,
+    month_of,
+    rate_window_start,
+)
 
 log = logging.getLogger("vitalcam.server")
 
 DB_NAME: Final = "vitalcam.sqlite3"
-SECRET_NAME: Final = "server_secret"
-UPLOADS_DIR: Final = "uploads"
-
-KEY_PATTERN: Final = re.compile(r"^ck_(test|live)_([0-9a-f]{48})$")
-KEY_ID_HEX_CHARS: Final = 12
-RATE_WINDOW_S: Final = 3600
-_SESSION_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS developers (
@@ -86,96 +89,12 @@ CREATE TABLE IF NOT EXISTS rate_windows (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    """What `vitalcam keys list` shows: a public id, never the key or its hash."""
-
-    key_id: str
-    developer: str
-    live: bool
-    created_at: float
-    revoked_at: float | None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-
-@dataclass(frozen=True, slots=True)
-class AuthedKey:
-    key_id: str
-    developer_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class RateState:
-    """One key's hourly window after counting this request (`allowed` False once the limit is spent)."""
-
-    limit: int
-    remaining: int
-    reset_at: int
-    allowed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class UsageState:
-    """One developer's monthly scan count; `current` includes this request when it consumed a scan."""
-
-    current: int
-    limit: int
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.limit - self.current)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRow:
-    id: str
-    developer_id: int
-    key_id: str
-    status: str
-    created_at: float
-    expires_at: int
-    demographics: dict[str, Any] | None
-    fallback_config: dict[str, Any]
-    uploaded_at: float | None
-    upload_bytes: int | None
-    response: dict[str, Any] | None
-    completed_at: float | None
-
-
-def hash_key(key: str) -> bytes:
-    """SHA-256 of the whole key: keys carry 192 random bits, so a slow password hash buys nothing."""
-    return hashlib.sha256(key.encode("ascii")).digest()
-
-
-def key_id_of(key: str) -> str | None:
-    """The public id (`ck_test_` plus the first 12 hex digits) of a well-formed key, else None."""
-    match = KEY_PATTERN.match(key)
-    if match is None:
-        return None
-    return f"ck_{match.group(1)}_{match.group(2)[:KEY_ID_HEX_CHARS]}"
-
-
-def month_of(now_s: float) -> str:
-    """Quota months are UTC calendar months, e.g. '2026-11'."""
-    return time.strftime("%Y-%m", time.gmtime(now_s))
-
-
-def month_end_s(now_s: float) -> int:
-    t = time.gmtime(now_s)
-    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
-    return calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
-
-
-class Store:
-    """The server's persistent state in `data_dir` (database, HMAC secret, uploads)."""
+class SqliteSessionStore:
+    """Sessions, keys, usage and rate windows in `data_dir/vitalcam.sqlite3`."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
-        self.uploads_dir = self.data_dir / UPLOADS_DIR
-        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             self.data_dir / DB_NAME, check_same_thread=False, isolation_level=None, timeout=10.0
@@ -227,25 +146,6 @@ class Store:
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
-
-    # ---- secret -------------------------------------------------------------------------------------
-
-    def server_secret(self) -> bytes:
-        """The HMAC key for upload URLs, created once and kept in the data dir so URLs survive restarts."""
-        path = self.data_dir / SECRET_NAME
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-        for _ in range(50):  # another process may have created it a moment ago and not written it yet
-            text = path.read_text().strip()
-            if text:
-                return bytes.fromhex(text)
-            time.sleep(0.01)
-        raise RuntimeError(f"{path} is empty; delete it to generate a new server secret")
 
     # ---- keys ---------------------------------------------------------------------------------------
 
@@ -316,7 +216,7 @@ class Store:
 
     def count_request(self, key_id: str, now_s: float, limit: int) -> RateState:
         """Count one request in the key's clock-hour window, unless the window is already spent."""
-        window = int(now_s) // RATE_WINDOW_S * RATE_WINDOW_S
+        window = rate_window_start(now_s)
         with self._tx() as conn:
             row = conn.execute(
                 "SELECT count FROM rate_windows WHERE key_id = ? AND window_start = ?", (key_id, window)
@@ -340,27 +240,18 @@ class Store:
 
     # ---- sessions -------------------------------------------------------------------------------------
 
-    def start_session(
-        self,
-        *,
-        session_id: str,
-        key: AuthedKey,
-        now_s: float,
-        ttl_s: int,
-        quota: int,
-        demographics: dict[str, Any] | None,
-        fallback_config: dict[str, Any],
-    ) -> tuple[UsageState, int | None]:
+    def start_session(self, new: NewSession, quota: int) -> tuple[UsageState, int | None]:
         """Consume one scan of the monthly quota and create the session, atomically.
 
         Returns the usage after the call and the session's expiry, or None as expiry when the quota was
         already spent (nothing is created or counted then).
         """
-        month = month_of(now_s)
-        expires_at = int(now_s) + ttl_s
+        month = month_of(new.now_s)
+        expires_at = int(new.now_s) + new.ttl_s
+        developer_id = new.key.developer_id
         with self._tx() as conn:
             row = conn.execute(
-                "SELECT count FROM usage WHERE developer_id = ? AND month = ?", (key.developer_id, month)
+                "SELECT count FROM usage WHERE developer_id = ? AND month = ?", (developer_id, month)
             ).fetchone()
             used = row["count"] if row else 0
             if used >= quota:
@@ -368,19 +259,19 @@ class Store:
             conn.execute(
                 "INSERT INTO usage (developer_id, month, count) VALUES (?, ?, 1) "
                 "ON CONFLICT (developer_id, month) DO UPDATE SET count = count + 1",
-                (key.developer_id, month),
+                (developer_id, month),
             )
             conn.execute(
                 "INSERT INTO sessions (id, developer_id, key_id, status, created_at, expires_at, demographics, "
                 "fallback_config) VALUES (?, ?, ?, 'created', ?, ?, ?, ?)",
                 (
-                    session_id,
-                    key.developer_id,
-                    key.key_id,
-                    now_s,
+                    new.session_id,
+                    developer_id,
+                    new.key.key_id,
+                    new.now_s,
                     expires_at,
-                    json.dumps(demographics) if demographics is not None else None,
-                    json.dumps(fallback_config),
+                    json.dumps(new.demographics) if new.demographics is not None else None,
+                    json.dumps(new.fallback_config),
                 ),
             )
         return UsageState(used + 1, quota), expires_at
@@ -390,7 +281,12 @@ class Store:
         return _session(rows[0]) if rows else None
 
     def transition(
-        self, session_id: str, from_status: str, to_status: str, *, require_upload: bool | None = None
+        self,
+        session_id: str,
+        from_status: SessionStatus,
+        to_status: SessionStatus,
+        *,
+        require_upload: bool | None = None,
     ) -> bool:
         """Compare-and-set the status; False when another request got there first."""
         sql = "UPDATE sessions SET status = ? WHERE id = ? AND status = ?"
@@ -399,7 +295,7 @@ class Store:
         elif require_upload is False:
             sql += " AND uploaded_at IS NULL"
         with self._tx() as conn:
-            return conn.execute(sql, (to_status, session_id, from_status)).rowcount == 1
+            return conn.execute(sql, (to_status.value, session_id, from_status.value)).rowcount == 1
 
     def finish_upload(self, session_id: str, now_s: float, n_bytes: int) -> bool:
         """Record a stored upload; False if the session expired while it streamed (the caller drops it)."""
@@ -412,27 +308,30 @@ class Store:
                 == 1
             )
 
-    def store_response(
-        self, session_id: str, status: str, response: dict[str, Any], completed_at_s: float
-    ) -> None:
+    def clear_upload(self, session_id: str) -> None:
         with self._tx() as conn:
             conn.execute(
-                "UPDATE sessions SET status = ?, response = ?, completed_at = ? WHERE id = ?",
-                (status, json.dumps(response), completed_at_s, session_id),
+                "UPDATE sessions SET uploaded_at = NULL, upload_bytes = NULL WHERE id = ?", (session_id,)
+            )
+
+    def store_response(
+        self, session_id: str, status: SessionStatus, response: dict[str, Any], completed_at_s: float
+    ) -> bool:
+        with self._tx() as conn:
+            return (
+                conn.execute(
+                    "UPDATE sessions SET status = ?, response = ?, completed_at = ? "
+                    "WHERE id = ? AND status = 'processing'",
+                    (status.value, json.dumps(response), completed_at_s, session_id),
+                ).rowcount
+                == 1
             )
 
     def delete_session(self, session_id: str) -> None:
-        """Remove every trace of a session: its row, from the WAL too, and its upload."""
+        """Remove the row, from the WAL too (secure_delete zeroes the page, the checkpoint the WAL)."""
         with self._tx() as conn:
             conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
         self.checkpoint()
-        self.blob_path(session_id).unlink(missing_ok=True)
-
-    def blob_path(self, session_id: str, suffix: str = ".bin") -> Path:
-        """Where a session's upload lives; only canonical UUIDs, so no id can name a path outside uploads/."""
-        if not is_session_id(session_id):
-            raise ValueError(f"not a session id: {session_id!r}")
-        return self.uploads_dir / f"{session_id}{suffix}"
 
     def recover_after_restart(self) -> None:
         """Sessions a previous process left mid-flight go back to where a client can retry them."""
@@ -442,14 +341,12 @@ class Store:
                 "UPDATE sessions SET status = 'created' WHERE status = 'uploading' AND uploaded_at IS NULL"
             )
         self.checkpoint()  # a previous process may have died between a deletion and its checkpoint
-        for part in self.uploads_dir.glob("*.part"):
-            part.unlink(missing_ok=True)
 
-    def sweep(self, now_s: float, retention_s: int) -> int:
+    def sweep(self, now_s: float, retention_s: int) -> list[str]:
         """Expire sessions past their expiry: drop blobs, results and demographics; keep a bare tombstone.
 
         Sessions being processed are left alone until they finish. Tombstones and old rate windows go
-        after `retention_s`. Returns how many sessions expired in this pass.
+        after `retention_s`. Returns the sessions expired in this pass.
         """
         with self._tx() as conn:
             expiring = [
@@ -470,14 +367,7 @@ class Store:
             conn.execute("DELETE FROM rate_windows WHERE window_start < ?", (now_s - 2 * RATE_WINDOW_S,))
         if expiring or removed:
             self.checkpoint()
-        for session_id in expiring:
-            self.blob_path(session_id).unlink(missing_ok=True)
-        return len(expiring)
-
-
-def is_session_id(text: str) -> bool:
-    """Session ids are lowercase canonical UUIDs, as `str(uuid.uuid4())` writes them."""
-    return _SESSION_ID.fullmatch(text) is not None
+        return expiring
 
 
 def _like_prefix(text: str) -> str:
@@ -490,7 +380,7 @@ def _session(row: sqlite3.Row) -> SessionRow:
         id=row["id"],
         developer_id=row["developer_id"],
         key_id=row["key_id"],
-        status=row["status"],
+        status=SessionStatus(row["status"]),
         created_at=row["created_at"],
         expires_at=row["expires_at"],
         demographics=json.loads(row["demographics"]) if row["demographics"] else None,

@@ -1,0 +1,415 @@
+"""The session service: the sessions API's rules, with no HTTP in them.
+
+It owns the state machine (every change of status goes through `contract.sessions.TRANSITIONS` and then
+the store's compare-and-set, so two requests, or two processes, can never both win the same step), the
+in-flight de-duplication of upload-complete (concurrent calls in this process wait for the one running
+inference), quota and rate limits, upload URLs and the privacy deletions. Routers translate HTTP to these
+calls; stores and the inference runner are injected, so the same rules run over SQLite and a folder or
+over PostgreSQL, S3 and queue workers.
+
+Sync methods touch only stores and are called from a thread pool; async ones are the steps that wait
+(uploads streaming in, inference).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+
+from contract import errors as codes
+from contract.sessions import RESULT_STATUSES, SessionStatus, check_transition
+from contract.tensor import TensorFormatError, from_bytes
+from contract.vitals import DEFAULT_FALLBACK_CONFIG
+from server.config import ServerConfig
+from server.errors import ApiError, invalid_key
+from server.jobs import InferenceRunner, MissingTensor
+from server.processing import Outcome
+from server.signing import upload_url, verify_upload
+from server.stores.base import (
+    AuthedKey,
+    BlobStore,
+    NewSession,
+    RateState,
+    SessionRow,
+    SessionStore,
+    UsageState,
+    is_session_id,
+)
+
+log = logging.getLogger("vitalcam.server")
+
+S = SessionStatus
+# Sent with every refusal that leaves a request body unread, so uvicorn closes the connection instead of
+# reading (and discarding) the rest of a body nobody wants.
+CLOSE = {"Connection": "close"}
+NOT_UPLOADED = "No tensor has been uploaded for this session; PUT it to upload_url first"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated request: its key and the limits after counting it."""
+
+    key: AuthedKey
+    rate: RateState
+    usage: UsageState
+
+
+class StoreUnavailable(Exception):
+    """A store or queue could not be reached; the request is answered 503 and may be repeated."""
+
+
+class SessionService:
+    def __init__(
+        self,
+        config: ServerConfig,
+        sessions: SessionStore,
+        blobs: BlobStore,
+        secret: bytes,
+        runner: InferenceRunner,
+        *,
+        single_process: bool,
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.blobs = blobs
+        self.secret = secret
+        self.runner = runner
+        self.single_process = single_process
+        self.inflight: dict[str, asyncio.Future[Outcome]] = {}
+
+    # ---- state machine ------------------------------------------------------------------------------
+
+    def move(
+        self,
+        session_id: str,
+        source: SessionStatus,
+        target: SessionStatus,
+        *,
+        require_upload: bool | None = None,
+    ) -> bool:
+        """One step of the table, as a compare-and-set: False when another request got there first."""
+        check_transition(source, target)
+        return self.sessions.transition(session_id, source, target, require_upload=require_upload)
+
+    # ---- callers ------------------------------------------------------------------------------------
+
+    def authenticate(self, api_key: str | None) -> AuthedKey | None:
+        return self.sessions.authenticate(api_key)
+
+    def admit(self, api_key: str | None, now_s: float) -> Caller:
+        """Check the key, then count the request against the key's hourly limit.
+
+        Every authenticated request counts toward the hourly rate limit, including ones that then fail;
+        only session starts count toward the monthly quota. Raises 401, or 429 with `caller` attached so
+        the limit headers still go out.
+        """
+        key = self.sessions.authenticate(api_key)
+        if key is None:
+            raise invalid_key()
+        rate = self.sessions.count_request(key.key_id, now_s, self.config.rate_limit_per_hour)
+        usage = self.sessions.usage(key.developer_id, now_s, self.config.monthly_quota)
+        caller = Caller(key=key, rate=rate, usage=usage)
+        if not rate.allowed:
+            retry_after_s = max(1, rate.reset_at - int(now_s))
+            error = ApiError.of(
+                codes.RATE_LIMIT_EXCEEDED,
+                f"Hourly rate limit of {rate.limit} requests exceeded; retry after {retry_after_s} s",
+                headers={"Retry-After": str(retry_after_s)},
+            )
+            raise RateLimited(error, caller)
+        return caller
+
+    # ---- start --------------------------------------------------------------------------------------
+
+    def start(
+        self, caller: Caller, demographics: dict[str, Any] | None, base_url: str
+    ) -> tuple[dict[str, Any], UsageState]:
+        """Consume one scan of the developer's monthly quota and hand out an upload URL."""
+        session_id = str(uuid.uuid4())
+        usage, expires_at = self.sessions.start_session(
+            NewSession(
+                session_id=session_id,
+                key=caller.key,
+                now_s=time.time(),
+                ttl_s=self.config.session_ttl_s,
+                demographics=demographics or None,
+                fallback_config=DEFAULT_FALLBACK_CONFIG,
+            ),
+            self.config.monthly_quota,
+        )
+        if expires_at is None:
+            raise QuotaRefused(
+                ApiError.of(codes.QUOTA_EXCEEDED, f"Monthly scan quota of {usage.limit} sessions exceeded"),
+                usage,
+            )
+        url = self.blobs.presigned_put_url(session_id, expires_at, self.config.max_upload_bytes)
+        if url is None:
+            url = upload_url(base_url, self.secret, session_id, expires_at)
+        body = {
+            "session_id": session_id,
+            "expires_at": expires_at,
+            "upload_url": url,
+            "fallback_config": DEFAULT_FALLBACK_CONFIG,
+        }
+        return body, usage
+
+    # ---- uploads through the API ----------------------------------------------------------------------
+
+    async def receive_upload(
+        self, session_id: str, expires: str | None, signature: str | None, body: AsyncIterator[bytes]
+    ) -> int:
+        """Claim the session (created → uploading), store the body, validate it as a tensor, record it.
+
+        Any failure puts the session back in `created` so the client can PUT again with the same URL.
+        """
+        signed_expiry = verify_upload(self.secret, session_id, expires, signature)
+        if signed_expiry is None or not is_session_id(session_id):
+            raise ApiError.of(codes.FORBIDDEN, "Upload URL signature is invalid", headers=CLOSE)
+        if time.time() >= signed_expiry:
+            raise ApiError.of(codes.FORBIDDEN, "Upload URL has expired", headers=CLOSE)
+        session = await run_in_threadpool(self.sessions.get_session, session_id)
+        if session is None:
+            raise ApiError.of(codes.SESSION_NOT_FOUND, "Session not found", headers=CLOSE)
+        if not await run_in_threadpool(self.move, session_id, S.CREATED, S.UPLOADING, require_upload=False):
+            raise upload_refusal(await run_in_threadpool(self.sessions.get_session, session_id))
+        try:
+            n_bytes = 0
+            with self.blobs.writer(session_id) as writer:
+                async for chunk in body:
+                    n_bytes += len(chunk)
+                    writer.write(chunk)
+                writer.commit()
+            await run_in_threadpool(self._validate_stored, session_id)
+        except BaseException:
+            await asyncio.shield(run_in_threadpool(self._abandon_upload, session_id))
+            raise
+        if not await run_in_threadpool(self.sessions.finish_upload, session_id, time.time(), n_bytes):
+            await run_in_threadpool(self.blobs.delete, session_id)
+            raise ApiError.of(codes.FORBIDDEN, "Upload URL has expired")
+        return n_bytes
+
+    def _validate_stored(self, session_id: str) -> int:
+        """Parse the stored tensor; a missing one is None, a bad one a 400 naming the field."""
+        try:
+            payload = self.blobs.read(session_id, self.config.max_upload_bytes)
+        except ValueError:
+            raise ApiError.of(
+                codes.PAYLOAD_TOO_LARGE, f"Upload exceeds the {self.config.max_upload_bytes}-byte limit"
+            ) from None
+        if payload is None:
+            raise ApiError.of(codes.INVALID_REQUEST, NOT_UPLOADED)
+        try:
+            from_bytes(payload)
+        except TensorFormatError as exc:
+            raise ApiError.of(codes.INVALID_REQUEST, str(exc)) from None
+        return len(payload)
+
+    def _abandon_upload(self, session_id: str) -> None:
+        self.blobs.delete(session_id)
+        self.sessions.clear_upload(session_id)
+        self.move(session_id, S.UPLOADING, S.CREATED)
+
+    # ---- completion ---------------------------------------------------------------------------------
+
+    def owned_session(self, caller: Caller, session_id: str) -> SessionRow:
+        session = self.sessions.get_session(session_id)
+        if session is None:
+            raise ApiError.of(codes.SESSION_NOT_FOUND, "Session not found")
+        if session.developer_id != caller.key.developer_id:
+            raise ApiError.of(codes.FORBIDDEN, "Session does not belong to this developer")
+        return session
+
+    async def complete(self, caller: Caller, session_id: str) -> dict[str, Any]:
+        """Run inference once per session; concurrent or repeated calls get that same answer."""
+        session = await run_in_threadpool(self.owned_session, caller, session_id)
+        running = self.inflight.get(session.id)
+        if running is not None:
+            return (await asyncio.shield(running)).body
+        if session.response is not None:
+            if not self.config.persist_vitals:  # a worker stored it and the answer was never delivered
+                await asyncio.shield(run_in_threadpool(self._forget, session.id))
+            return session.response
+        if session.status == S.EXPIRED or time.time() >= session.expires_at:
+            raise ApiError.of(codes.SESSION_EXPIRED, "Session expired before completion")
+        direct = session.status == S.CREATED and self._uploads_go_to_the_store()
+        if session.status == S.PROCESSING:
+            return (await self._wait_elsewhere(session.id)).body
+        if not direct and (session.status != S.UPLOADING or session.uploaded_at is None):
+            raise ApiError.of(codes.INVALID_REQUEST, NOT_UPLOADED)
+        return (await self._process_once(session, direct)).body
+
+    def _uploads_go_to_the_store(self) -> bool:
+        return self.blobs.direct_uploads
+
+    async def _process_once(self, session: SessionRow, direct: bool) -> Outcome:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self.inflight[session.id] = future  # registered before any await: a concurrent call waits on it
+        try:
+            if direct:
+                await run_in_threadpool(self._accept_direct_upload, session.id)
+            claimed = await run_in_threadpool(
+                self.move, session.id, S.UPLOADING, S.PROCESSING, require_upload=True
+            )
+            if not claimed:
+                outcome = await self._settled_outcome(session.id)
+            else:
+                outcome = await self._infer(session)
+                await asyncio.shield(run_in_threadpool(self._finish, session.id, outcome))
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: nobody may be waiting
+            self.inflight.pop(session.id, None)
+            raise
+        future.set_result(outcome)
+        self.inflight.pop(session.id, None)
+        return outcome
+
+    def _accept_direct_upload(self, session_id: str) -> None:
+        """The client PUT straight to the object store: validate the tensor now, as a PUT here would.
+
+        created → uploading (claimed, so a concurrent call cannot validate twice) → recorded; a missing or
+        bad tensor (deleted, so the URL can be used again) or an unreachable store puts it back to created.
+        """
+        if not self.move(session_id, S.CREATED, S.UPLOADING, require_upload=False):
+            return  # another request claimed it; the uploading → processing claim decides who runs it
+        try:
+            n_bytes = self._validate_stored(session_id)
+        except ApiError:
+            self.blobs.delete(session_id)  # a refused tensor goes, so the same URL can be used again
+            self.move(session_id, S.UPLOADING, S.CREATED)
+            raise
+        except Exception as exc:  # the store is unreachable: nothing changed, the client may repeat
+            self.move(session_id, S.UPLOADING, S.CREATED)
+            raise StoreUnavailable(str(exc)) from exc
+        self.sessions.finish_upload(session_id, time.time(), n_bytes)
+
+    async def _infer(self, session: SessionRow) -> Outcome:
+        try:
+            return await self.runner.run(session, self.config.max_upload_bytes)
+        except MissingTensor:
+            await asyncio.shield(run_in_threadpool(self.move, session.id, S.PROCESSING, S.UPLOADING))
+            raise ApiError.of(
+                codes.INVALID_REQUEST, "The uploaded tensor is gone; start a new session"
+            ) from None
+        except BaseException:
+            # Nothing was answered: the session goes back to `uploading` so that the client's retry of
+            # upload-complete runs it again (its tensor is still stored).
+            await asyncio.shield(run_in_threadpool(self.move, session.id, S.PROCESSING, S.UPLOADING))
+            raise
+
+    async def _wait_elsewhere(self, session_id: str) -> Outcome:
+        outcome = await self.runner.wait_elsewhere(session_id)
+        if outcome is None:
+            return await self._settled_outcome(session_id)
+        if not self.config.persist_vitals:
+            await asyncio.shield(run_in_threadpool(self._forget, session_id))
+        return outcome
+
+    async def _settled_outcome(self, session_id: str) -> Outcome:
+        """Another request has this session: its stored result, or a retryable 409 while it runs."""
+        session = await run_in_threadpool(self.sessions.get_session, session_id)
+        if session is None:
+            raise ApiError.of(codes.SESSION_NOT_FOUND, "Session not found")
+        if session.response is not None:
+            return Outcome(body=session.response, measured=session.status == S.COMPLETED)
+        raise ApiError.of(codes.UPLOAD_IN_PROGRESS, "Session is changing state; retry")
+
+    def _finish(self, session_id: str, outcome: Outcome) -> None:
+        """Keep the result only with PERSIST_VITALS; otherwise remove every trace of the session now."""
+        if self.config.persist_vitals:
+            status = S.COMPLETED if outcome.measured else S.FAILED
+            check_transition(S.PROCESSING, status)
+            self.sessions.store_response(session_id, status, outcome.body, time.time())
+            self.blobs.delete(session_id)
+        else:
+            self._forget(session_id)
+
+    def _forget(self, session_id: str) -> None:
+        self.blobs.delete(session_id)
+        self.sessions.delete_session(session_id)
+
+    # ---- result -------------------------------------------------------------------------------------
+
+    def result(self, caller: Caller, session_id: str) -> dict[str, Any]:
+        session = self.owned_session(caller, session_id)
+        body: dict[str, Any] = {"session_id": session.id}
+        if session.response is not None and session.status in RESULT_STATUSES:
+            body["status"] = session.status.value
+            body["vitals"] = session.response["vitals"]
+            body["completed_at"] = int(session.completed_at or time.time())
+            body["quality"] = session.response.get("quality", {})
+        elif session.status == S.PROCESSING or session.id in self.inflight:
+            body["status"] = S.PROCESSING.value
+        elif session.status == S.EXPIRED or time.time() >= session.expires_at:
+            body["status"] = S.EXPIRED.value
+        else:
+            body["status"] = session.status.value
+        return body
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a restart of the only process: mid-flight sessions go back to where a client can retry."""
+        if self.single_process:
+            self.sessions.recover_after_restart()
+            self.blobs.discard_partials()
+
+    def sweep(self) -> int:
+        expired = self.sessions.sweep(time.time(), self.config.expired_retention_s)
+        for session_id in expired:
+            self.blobs.delete(session_id)
+        return len(expired)
+
+    async def sweep_forever(self) -> None:
+        while True:
+            try:
+                expired = await run_in_threadpool(self.sweep)
+                if expired:
+                    log.info("expired %d sessions", expired)
+            except Exception:
+                log.exception("session sweep failed")
+            await asyncio.sleep(self.config.sweep_interval_s)
+
+    async def close(self) -> None:
+        await self.runner.close()
+        self.blobs.close()
+        self.sessions.close()
+
+
+class RateLimited(Exception):
+    """429 RATE_LIMIT_EXCEEDED, with the caller whose limits the response headers report."""
+
+    def __init__(self, error: ApiError, caller: Caller) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.caller = caller
+
+
+class QuotaRefused(Exception):
+    """429 QUOTA_EXCEEDED, with the usage the response headers report."""
+
+    def __init__(self, error: ApiError, usage: UsageState) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.usage = usage
+
+
+def upload_refusal(session: SessionRow | None) -> ApiError:
+    """Why a PUT cannot claim the session; the body is left unread, so the connection is closed."""
+    if session is None:
+        return ApiError.of(codes.SESSION_NOT_FOUND, "Session not found", headers=CLOSE)
+    if session.status == S.UPLOADING and session.uploaded_at is None:
+        return ApiError.of(
+            codes.UPLOAD_IN_PROGRESS, "Another upload to this session is in progress", headers=CLOSE
+        )
+    if session.status == S.EXPIRED:
+        return ApiError.of(codes.FORBIDDEN, "Upload URL has expired", headers=CLOSE)
+    return ApiError.of(codes.FORBIDDEN, "Upload URL has already been used", headers=CLOSE)
