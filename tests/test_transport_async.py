@@ -25,8 +25,8 @@ from transport import (
     ServerError,
     SessionClient,
     UploadUrlExpired,
+    aretry_outbox,
 )
-from transport.outbox import aretry_outbox
 
 FAST = RetryPolicy(attempts=4, initial_s=0.01, max_s=0.05, total_s=10, jitter_s=0.01)
 START, COMPLETE = "/sdk/session/start", "/sdk/session/upload-complete"

@@ -30,9 +30,9 @@ from transport import (
     SessionClient,
     UnexpectedResponse,
     VitalcamError,
+    aretry_outbox,
     retry_outbox,
 )
-from transport.outbox import aretry_outbox
 
 pytestmark = pytest.mark.timeout(90)
 

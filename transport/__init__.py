@@ -7,6 +7,7 @@ Quick use (see docs/transport.md)::
         result = client.measure(payload_bytes, outbox=Outbox())
 """
 
+from transport._flow import RetryNotice
 from transport.aio import AsyncSessionClient
 from transport.client import SessionClient
 from transport.errors import (
@@ -38,7 +39,8 @@ from transport.models import (
     Usage,
     Vitals,
 )
-from transport.outbox import Outbox, OutboxItem, aretry_outbox, default_outbox_dir, retry_outbox
+from transport.outbox import Outbox, OutboxItem, default_outbox_dir
+from transport.replay import aretry_outbox, retry_outbox
 from transport.retry import RetryPolicy
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "Result",
     "ResultNotPersisted",
     "ResultTimeout",
+    "RetryNotice",
     "RetryPolicy",
     "ServerError",
     "SessionClient",

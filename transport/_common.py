@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from transport._deadline import current_measure_deadline, measure_time_left_s
+from contract.sessions import RESULT_STATUSES, SessionStatus
 from transport._json import parse_json
 from transport.errors import (
     DeadlineExceeded,
@@ -41,7 +41,8 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 # Errors raised by httpx that are not transport failures but still mean "this answer is unusable".
 RESPONSE_ERRORS = (httpx.DecodingError, httpx.TooManyRedirects, httpx.InvalidURL)
 # Statuses meaning "upload-complete never reached the server": polling will not progress, so send it again.
-NOT_STARTED_STATUSES = frozenset({"created", "uploading", "uploaded"})
+# ("uploaded" is no spec status; a server that reports one means the same.)
+NOT_STARTED_STATUSES = frozenset({SessionStatus.CREATED, SessionStatus.UPLOADING, "uploaded"})
 
 Progress = Callable[[int, int], None]
 Payload = bytes | bytearray | memoryview | Path | str
@@ -86,9 +87,6 @@ class PayloadSource:
             return cls(data=None, path=path, size=path.stat().st_size)
         data = bytes(payload)
         return cls(data=data, path=None, size=len(data))
-
-    def read_all(self) -> bytes:
-        return self.data if self.data is not None else self.path.read_bytes()  # type: ignore[union-attr]
 
     def chunks(self, progress: Progress | None) -> Iterator[bytes]:
         sent = 0
@@ -145,11 +143,11 @@ class Deadline:
     measure_binds: bool
 
     @classmethod
-    def within(cls, timeout_s: float) -> Deadline:
+    def within(cls, timeout_s: float, measure_ends_at_s: float | None = None) -> Deadline:
+        """`timeout_s` from now, cut to the enclosing measurement's deadline (monotonic s) if it is sooner."""
         own_s = time.monotonic() + timeout_s
-        measure_s = current_measure_deadline()
-        if measure_s is not None and measure_s <= own_s:
-            return cls(measure_s, timeout_s, True)
+        if measure_ends_at_s is not None and measure_ends_at_s <= own_s:
+            return cls(measure_ends_at_s, timeout_s, True)
         return cls(own_s, timeout_s, False)
 
     def check_not_passed(self, method: str, url: str) -> None:
@@ -158,7 +156,7 @@ class Deadline:
             raise DeadlineExceeded(f"the measurement's deadline passed before {method} {_no_query(url)}")
 
     def transport_error(self, exc: httpx.TransportError, request: httpx.Request) -> NetworkError:
-        measure_passed = self.measure_binds and measure_time_left_s() <= 0.01
+        measure_passed = self.measure_binds and self.at_s - time.monotonic() <= 0.01
         if measure_passed:
             note = "the measurement's deadline (measure_timeout_s) passed"
         else:
@@ -255,14 +253,14 @@ def complete_should_retry(exc: VitalcamError) -> bool:
 
 def upload_landed_status(status: str) -> bool:
     """After a lost PUT response and a 403 on the retry: does the session show the first PUT arrived?"""
-    return status not in {"created", "expired"}
+    return status not in {SessionStatus.CREATED, SessionStatus.EXPIRED}
 
 
 def terminal_or_raise(result: Result) -> Result | None:
     """The result when polling can stop, None to keep polling; raises when the session expired."""
-    if result.status in ("completed", "failed"):
+    if result.status in RESULT_STATUSES:
         return result
-    if result.status == "expired":
+    if result.status == SessionStatus.EXPIRED:
         raise SessionExpired(
             f"session {result.session_id} expired before a result was produced; start a new session",
             status=200,

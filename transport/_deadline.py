@@ -1,8 +1,8 @@
-"""Whole-request and whole-measurement deadlines, which httpx does not have.
+"""Whole-request deadlines, which httpx does not have.
 
 httpx's timeouts bound each socket operation, so a server that sends one byte per second keeps every read
 within its timeout and a request running for ever. Here every socket operation of a request waits at most
-until that request's deadline (and the enclosing `measure()` deadline), whichever comes first, so a
+until that request's deadline (already cut to the enclosing `measure()` deadline by the workflow), so a
 request can overrun its deadline by at most one write slice.
 
 The deadline travels in a context variable (per thread, per asyncio task), so one client may run several
@@ -14,7 +14,6 @@ one) gets the deadline checked between response chunks only.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import typing
 from collections.abc import Iterable, Iterator
@@ -24,7 +23,6 @@ import httpcore
 import httpx
 
 _REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("vitalcam_request_deadline", default=None)
-_MEASURE_DEADLINE: ContextVar[float | None] = ContextVar("vitalcam_measure_deadline", default=None)
 # A write is split so that a peer reading slowly can hold one socket send, not the whole chunk.
 _WRITE_SLICE_BYTES = 64 * 1024
 
@@ -37,30 +35,6 @@ def request_deadline(deadline_s: float) -> Iterator[None]:
         yield
     finally:
         _REQUEST_DEADLINE.reset(token)
-
-
-@contextlib.contextmanager
-def measure_deadline(timeout_s: float) -> Iterator[float]:
-    """A deadline for a whole workflow; a nested one never extends an enclosing one. Yields it."""
-    outer = _MEASURE_DEADLINE.get()
-    deadline_s = time.monotonic() + timeout_s
-    if outer is not None:
-        deadline_s = min(deadline_s, outer)
-    token = _MEASURE_DEADLINE.set(deadline_s)
-    try:
-        yield deadline_s
-    finally:
-        _MEASURE_DEADLINE.reset(token)
-
-
-def current_measure_deadline() -> float | None:
-    return _MEASURE_DEADLINE.get()
-
-
-def measure_time_left_s() -> float:
-    """Seconds until the enclosing `measure()` deadline (inf outside one)."""
-    deadline_s = _MEASURE_DEADLINE.get()
-    return math.inf if deadline_s is None else deadline_s - time.monotonic()
 
 
 def _bounded(timeout: float | None, timeout_error: type[Exception]) -> float | None:
@@ -199,10 +173,4 @@ def enforce_deadlines(client: httpx.Client | httpx.AsyncClient) -> int:
     return wrapped
 
 
-__all__ = [
-    "current_measure_deadline",
-    "enforce_deadlines",
-    "measure_deadline",
-    "measure_time_left_s",
-    "request_deadline",
-]
+__all__ = ["enforce_deadlines", "request_deadline"]

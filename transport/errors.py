@@ -248,7 +248,8 @@ def _body_snippet(response: httpx.Response) -> str:
 
 def request_id_of(response: httpx.Response) -> str | None:
     """The server's request id, falling back to the one we sent so lost responses can still be traced."""
-    return response.headers.get("x-request-id") or response.request.headers.get("x-request-id")
+    request_id: str | None = response.headers.get("x-request-id")
+    return request_id or response.request.headers.get("x-request-id")
 
 
 def error_from_response(response: httpx.Response, *, upload: bool = False) -> VitalcamError:

@@ -13,6 +13,8 @@ results hold vitals, so directories are 0700 and files 0600: readable by the use
 sidecar and deleted after its result is saved; `pending()` lists every payload, even one whose sidecar a
 crash prevented, so at any instant each measurement exists as a pending payload, a saved result, or both.
 The API key is never written: it is a secret, and replay uses whatever client the caller passes.
+
+This module only stores; replaying the items through a client is transport/replay.py's job.
 """
 
 from __future__ import annotations
@@ -22,17 +24,12 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transport.errors import VitalcamError
 from transport.models import Demographics, Result
-
-if TYPE_CHECKING:
-    from transport.aio import AsyncSessionClient
-    from transport.client import SessionClient
 
 PAYLOAD_SUFFIX = ".tensor"
 PRIVATE_DIR_MODE = 0o700
@@ -242,79 +239,4 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-ReplayOutcome = tuple[OutboxItem, Result | VitalcamError]
-
-
-def _finish_saved(outbox: Outbox, item: OutboxItem) -> Result | None:
-    """A result saved by an earlier replay that crashed before deleting: finish the delete, do not resubmit."""
-    saved = outbox.load_result(item)
-    if saved is not None:
-        outbox.remove(item)
-    return saved
-
-
-def _after_replay(outbox: Outbox, item: OutboxItem, result: Result) -> Result | VitalcamError:
-    if result.status != "completed":
-        error = VitalcamError(f"server reported status {result.status!r} for session {result.session_id}")
-        outbox.record_failure(item, error)
-        return error
-    outbox.save_result(item, result)
-    outbox.remove(item)
-    return result
-
-
-def retry_outbox(client: SessionClient, outbox: Outbox | None = None) -> list[ReplayOutcome]:
-    """Replay every pending item with a fresh session; one entry per item, in the outbox's order.
-
-    An item is deleted only after a completed result was received and saved to `results/`. Failures are
-    recorded in the sidecar and the item stays for the next replay; one item's failure never stops the rest
-    (not even an unreadable payload file: that item is recorded as failed and the replay goes on).
-    """
-    outbox = outbox or Outbox()
-    outcomes: list[ReplayOutcome] = []
-    for item in outbox.pending():
-        saved = _finish_saved(outbox, item)
-        if saved is not None:
-            outcomes.append((item, saved))
-            continue
-        try:
-            result = client.measure(item.payload_path, item.demographics)
-        except Exception as exc:
-            error = _typed(exc)
-            outbox.record_failure(item, error)
-            outcomes.append((item, error))
-            continue
-        outcomes.append((item, _after_replay(outbox, item, result)))
-    return outcomes
-
-
-def _typed(exc: Exception) -> VitalcamError:
-    if isinstance(exc, VitalcamError):
-        return exc
-    error = VitalcamError(f"replay failed: {type(exc).__name__}: {str(exc)[:300]}", code="REPLAY_FAILED")
-    error.__cause__ = exc
-    return error
-
-
-async def aretry_outbox(client: AsyncSessionClient, outbox: Outbox | None = None) -> list[ReplayOutcome]:
-    """Async twin of `retry_outbox` for `AsyncSessionClient` (items are replayed one at a time)."""
-    outbox = outbox or Outbox()
-    outcomes: list[ReplayOutcome] = []
-    measure: Callable[..., Awaitable[Result]] = client.measure
-    for item in outbox.pending():
-        saved = _finish_saved(outbox, item)
-        if saved is not None:
-            outcomes.append((item, saved))
-            continue
-        try:
-            result = await measure(item.payload_path, item.demographics)
-        except Exception as exc:
-            error = _typed(exc)
-            outbox.record_failure(item, error)
-            outcomes.append((item, error))
-            continue
-        outcomes.append((item, _after_replay(outbox, item, result)))
-    return outcomes
-
-
-__all__ = ["Outbox", "OutboxItem", "aretry_outbox", "default_outbox_dir", "error_summary", "retry_outbox"]
+__all__ = ["Outbox", "OutboxItem", "default_outbox_dir", "error_summary"]

@@ -1,28 +1,22 @@
-"""Retry policy: exponential backoff with jitter, bounded in attempts *and* total time, on top of stamina.
+"""Retry policy: exponential backoff with jitter, bounded in attempts *and* total time.
 
-stamina (a thin, well-kept layer over tenacity) runs the loop, the sleeping (sync and async) and its retry
-instrumentation. We hand it a backoff hook instead of an exception type because three decisions depend on
-the error instance, not its class: whether it is retryable at all (`VitalcamError.retryable`, or a step's
-stricter rule such as "never repeat an upload-complete the server may have processed"), how long to wait
-(the server's Retry-After when it sent one, else our jittered exponential backoff), and whether that wait
-still fits in the total budget. stamina's own `timeout` only stops *after* the deadline has passed; we want
-a policy whose `total_s` is never overrun by a sleep, so the hook refuses any wait that would cross it.
+The policy only decides; the loop that applies it is written once, in the session workflow
+(transport/_flow.py), and both clients sleep where it says. Three decisions depend on the error instance,
+not its class: whether it is retryable at all (`VitalcamError.retryable`, or a step's stricter rule such
+as "never repeat an upload-complete the server may have processed"), how long to wait (the server's
+Retry-After when it sent one, else our jittered exponential backoff), and whether that wait still fits in
+the total budget and the enclosing `measure()` deadline. A wait that would cross either is refused, so
+`total_s` is never overrun by a sleep.
 """
 
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
-import stamina
-
-from transport._deadline import measure_time_left_s
 from transport.errors import VitalcamError
 
-T = TypeVar("T")
 ShouldRetry = Callable[[VitalcamError], bool]
 
 
@@ -60,63 +54,33 @@ class RetryPolicy:
         """Jittered exponential wait before retry `retry_number` (1-based)."""
         jitter = (rng or random).uniform(0, self.jitter_s) if self.jitter_s else 0.0
         try:
-            return min(self.max_s, self.initial_s * 2 ** (retry_number - 1) + jitter)
+            return float(min(self.max_s, self.initial_s * 2 ** (retry_number - 1) + jitter))
         except OverflowError:
             return self.max_s
+
+    def wait_s(
+        self, error: VitalcamError, failures: int, elapsed_s: float, time_left_s: float
+    ) -> float | None:
+        """Seconds to wait before the next attempt after `failures` failed ones, or None to give up.
+
+        `elapsed_s` is the time since the first attempt started, `time_left_s` what remains of the
+        enclosing `measure()` (inf outside one): a retry that would start after either budget is not made.
+        """
+        if failures >= self.attempts:
+            return None
+        if error.retry_after_s is not None:
+            if error.retry_after_s > self.max_retry_after_s:
+                return None
+            wait = float(error.retry_after_s)
+        else:
+            wait = self.backoff_s(failures)
+        if elapsed_s + wait > self.total_s or wait >= time_left_s:
+            return None
+        return wait
 
 
 def default_should_retry(exc: VitalcamError) -> bool:
     return exc.retryable
 
 
-class _BackoffHook:
-    """stamina backoff hook: False = give up now, float = retry after that many seconds."""
-
-    def __init__(self, policy: RetryPolicy, should_retry: ShouldRetry) -> None:
-        self.policy = policy
-        self.should_retry = should_retry
-        self.started = time.monotonic()
-        self.failures = 0
-
-    def __call__(self, exc: Exception) -> bool | float:
-        self.failures += 1
-        if not isinstance(exc, VitalcamError) or not self.should_retry(exc):
-            return False
-        if self.failures >= self.policy.attempts:
-            return False
-        if exc.retry_after_s is not None:
-            if exc.retry_after_s > self.policy.max_retry_after_s:
-                return False
-            wait = exc.retry_after_s
-        else:
-            wait = self.policy.backoff_s(self.failures)
-        if time.monotonic() - self.started + wait > self.policy.total_s:
-            return False
-        if wait >= measure_time_left_s():  # the retry would start after measure() has to be over
-            return False
-        return float(wait)
-
-
-def call_with_retry(
-    policy: RetryPolicy, fn: Callable[[], T], should_retry: ShouldRetry = default_should_retry
-) -> T:
-    """Call `fn` until it succeeds or the policy gives up; the last error propagates unchanged."""
-    hook = _BackoffHook(policy, should_retry)
-    for attempt in stamina.retry_context(on=hook, attempts=policy.attempts, timeout=None):
-        with attempt:
-            return fn()
-    raise AssertionError("unreachable: stamina re-raises the last error")
-
-
-async def acall_with_retry(
-    policy: RetryPolicy, fn: Callable[[], Awaitable[T]], should_retry: ShouldRetry = default_should_retry
-) -> T:
-    """Async twin of `call_with_retry` (stamina sleeps with the running event loop)."""
-    hook = _BackoffHook(policy, should_retry)
-    async for attempt in stamina.retry_context(on=hook, attempts=policy.attempts, timeout=None):
-        with attempt:
-            return await fn()
-    raise AssertionError("unreachable: stamina re-raises the last error")
-
-
-__all__ = ["RetryPolicy", "acall_with_retry", "call_with_retry", "default_should_retry"]
+__all__ = ["RetryPolicy", "ShouldRetry", "default_should_retry"]
