@@ -1,9 +1,10 @@
 """Face landmarks behind one small interface; the only module that imports mediapipe.
 
-Everything else in `preprocess` sees a `LandmarkBackend`: give it a BGR frame, get (468, 2) float32 pixel
-coordinates in that frame (mediapipe FaceMesh topology) or None. Another model can be plugged in by
-implementing the protocol and passing it to `Preprocessor(backend=...)`, as long as it returns the same
-468-point topology (the region index constants in `preprocess.regions` refer to it).
+Everything else in `preprocess` sees a `LandmarkBackend`: give it a frame's `Pixels`, get landmark pixel
+coordinates in that frame or None, and the `RegionSet` its topology defines. Another model is plugged in
+by implementing the protocol (its landmarks, and a region set drawn from them) and passing it to
+`Preprocessor(backend=...)`, or by adding it to `BACKENDS` so that `PreprocessConfig.landmarks` (and
+`vitalcam.session.MeasureOptions.landmarks`) can name it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -24,6 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cv2
 import numpy as np
+
+from preprocess.pixels import Pixels, landmark_input_size
+from preprocess.regions import FACE_MESH_REGIONS, RegionSet
 
 N_LANDMARKS: Final = 468
 # FaceMesh internally works on a 192x192 face crop (after a 128x128 detector pass), so feeding it more
@@ -72,8 +76,13 @@ def _warm_up_face_bgr() -> np.ndarray | None:
 class LandmarkBackend(Protocol):
     """What the preprocessor needs from a face-landmark model."""
 
-    def detect(self, image_bgr: np.ndarray) -> np.ndarray | None:
-        """(468, 2) float32 landmark pixel coordinates (x, y) in `image_bgr`, or None when no face."""
+    @property
+    def regions(self) -> RegionSet:
+        """The regions this model's landmarks define (names in tensor order, and their rasteriser)."""
+        ...
+
+    def detect(self, pixels: Pixels) -> np.ndarray | None:
+        """float32 [N, 2] landmark pixel coordinates (x, y) in the frame, or None when no face."""
         ...
 
     def reset(self) -> None:
@@ -115,6 +124,10 @@ class MediaPipeFaceMesh:
         }
         self._mesh = self._open()
 
+    @property
+    def regions(self) -> RegionSet:
+        return FACE_MESH_REGIONS
+
     def _open(self) -> object:
         """Build the graph with fd 2 silenced and run it once before un-silencing, so its log lines land
         in /dev/null: the model calculators open (and log) asynchronously after construction returns,
@@ -132,14 +145,20 @@ class MediaPipeFaceMesh:
             mesh.process(np.zeros((64, 64, 3), np.uint8))
         return mesh
 
-    def detect(self, image_bgr: np.ndarray) -> np.ndarray | None:
+    def detect(self, pixels: Pixels) -> np.ndarray | None:
+        """Landmarks in frame pixels, from a <= `max_input_side_px` copy of the whole frame (all the
+        model can use, and cheap from I420)."""
+        width, height = pixels.width, pixels.height
+        small_w, small_h = landmark_input_size(width, height, self._max_input_side_px)
+        points = self.detect_bgr(pixels.small_bgr(small_w, small_h))
+        if points is None or (small_w, small_h) == (width, height):
+            return points
+        return points * np.array([width / small_w, height / small_h], np.float32)
+
+    def detect_bgr(self, image_bgr: np.ndarray) -> np.ndarray | None:
+        """(468, 2) float32 landmark pixel coordinates in `image_bgr` (any size the model accepts)."""
         height, width = image_bgr.shape[:2]
-        scale = min(1.0, self._max_input_side_px / max(height, width))
-        small = image_bgr
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            small = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
-        rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+        rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
         quiet = not _first_face_done
         result = self._process_quietly(rgb) if quiet else self._mesh.process(rgb)  # type: ignore[attr-defined]
         faces = result.multi_face_landmarks
@@ -166,6 +185,20 @@ class MediaPipeFaceMesh:
         self._mesh.close()  # type: ignore[attr-defined]
 
 
+# Landmark backends by the name `PreprocessConfig.landmarks` uses.
+BACKENDS: Final[dict[str, Callable[[], LandmarkBackend]]] = {
+    "facemesh": MediaPipeFaceMesh,
+}
+DEFAULT_BACKEND: Final = "facemesh"
+
+
+def backend_named(name: str) -> LandmarkBackend:
+    """A new instance of the named landmark backend (one of `BACKENDS`)."""
+    if name not in BACKENDS:
+        raise ValueError(f"landmarks must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return BACKENDS[name]()
+
+
 def default_backend() -> LandmarkBackend:
     """The landmark model used when none is given."""
-    return MediaPipeFaceMesh()
+    return backend_named(DEFAULT_BACKEND)

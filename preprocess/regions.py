@@ -4,18 +4,21 @@ All landmark indices live here, once. "Left" and "right" are the subject's own s
 convention), so the subject's left cheek appears on the right of a non-mirrored image.
 
 Regions overlap (the face region contains the forehead and cheeks), so the label mask is a bit mask:
-bit r set means the pixel belongs to region r of `contract.tensor.FACE_REGIONS`.
+bit r set means the pixel belongs to region r of the backend's `RegionSet` (`FACE_MESH_REGIONS` for
+FaceMesh, whose names are `contract.tensor.FACE_REGIONS`). The mask's integer type is sized to the region
+count (`label_dtype`): uint8 holds 8 regions, uint16 the 16 the tensor format allows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 import cv2
 import numpy as np
 
-from contract.tensor import FACE_REGIONS
+from contract.tensor import FACE_REGIONS, FULL_FRAME_REGIONS, MAX_REGIONS
 
 # Forehead: from the top of the face oval down to the upper edge of both eyebrows (skin rule drops hair).
 FOREHEAD: Final = (
@@ -58,7 +61,7 @@ class RegionMask:
     tracked face only changes (x0, y0), so nothing is redrawn between landmark runs.
     """
 
-    labels: np.ndarray  # uint8 [h, w] bit mask
+    labels: np.ndarray  # uint8 or uint16 [h, w] bit mask (see `label_dtype`)
     x0: int
     y0: int
     polygons: tuple[np.ndarray, ...]  # int32 [N, 2] frame coordinates at the time of drawing
@@ -86,6 +89,32 @@ def region_polygons(landmarks: np.ndarray) -> tuple[np.ndarray, ...]:
     )
 
 
+def label_dtype(n_regions: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned integer type with one bit per region (uint8 up to 8, uint16 up to 16)."""
+    if not 1 <= n_regions <= MAX_REGIONS:
+        raise ValueError(f"a region set has 1 to {MAX_REGIONS} regions, got {n_regions}")
+    return np.uint8 if n_regions <= 8 else np.uint16
+
+
+Rasteriser = Callable[[np.ndarray, int, int], "RegionMask | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegionSet:
+    """The regions a landmark topology defines: their names (the tensor's order) and how to draw them.
+
+    It travels with the landmark backend (`LandmarkBackend.regions`), because region polygons are
+    landmark indices and mean nothing for another model's points. `rasterise(landmarks, width, height)`
+    returns the bit mask with bit r for `names[r]`, in `label_dtype(len(names))`.
+    """
+
+    names: tuple[str, ...]
+    rasterise: Rasteriser
+
+    def __post_init__(self) -> None:
+        label_dtype(len(self.names))  # validates the count
+
+
 def rasterise(landmarks: np.ndarray, frame_width: int, frame_height: int) -> RegionMask | None:
     """Draw the region bit mask over the face oval's box, clipped to the frame; None if none of it is inside.
 
@@ -101,7 +130,8 @@ def rasterise(landmarks: np.ndarray, frame_width: int, frame_height: int) -> Reg
         return None
     origin = np.array([x0, y0], dtype=np.int32)
     local = [p - origin for p in polygons]
-    face = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    dtype = label_dtype(len(FACE_REGIONS))
+    face = np.zeros((y1 - y0, x1 - x0), dtype)
     cv2.fillPoly(face, [local[len(REGION_POLYGONS)]], FACE_BIT)
     cv2.fillPoly(face, local[len(REGION_POLYGONS) + 1 :], 0)
     labels = face | _halves(face, landmarks[list(MIDLINE)] - origin)
@@ -122,13 +152,17 @@ def _halves(face: np.ndarray, midline: np.ndarray) -> np.ndarray:
     (x0, y0), (x1, y1) = midline
     ys, xs = np.mgrid[0 : face.shape[0], 0 : face.shape[1]]
     cross = (x1 - x0) * (ys - y0) - (y1 - y0) * (xs - x0)
-    half = np.where(cross < 0, FACE_LEFT_BIT, FACE_RIGHT_BIT).astype(np.uint8)
-    return np.where(face != 0, half, 0).astype(np.uint8)
+    half = np.where(cross < 0, FACE_LEFT_BIT, FACE_RIGHT_BIT).astype(face.dtype)
+    return np.where(face != 0, half, 0).astype(face.dtype)
+
+
+# FaceMesh's 468-point topology: the regions of `contract.tensor.FACE_REGIONS`.
+FACE_MESH_REGIONS: Final = RegionSet(FACE_REGIONS, rasterise)
 
 
 def full_frame_mask(frame_width: int, frame_height: int) -> RegionMask:
-    """One region covering the whole frame (full-frame mode)."""
-    labels = np.ones((frame_height, frame_width), np.uint8)
+    """One region covering the whole frame (full-frame mode, `contract.tensor.FULL_FRAME_REGIONS`)."""
+    labels = np.ones((frame_height, frame_width), label_dtype(len(FULL_FRAME_REGIONS)))
     outline = np.array(
         [[0, 0], [frame_width - 1, 0], [frame_width - 1, frame_height - 1], [0, frame_height - 1]], np.int32
     )
