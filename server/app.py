@@ -30,9 +30,9 @@ from server.routers import health as health_routes
 from server.routers import sessions as session_routes
 from server.routers import uploads as upload_routes
 from server.secret import load_or_create_secret
-from server.service import SessionService, StoreUnavailable
+from server.service import SessionService
 from server.stores import open_blob_store, open_session_store
-from server.stores.base import BlobStore, SessionStore
+from server.stores.base import BlobStore, SessionStore, StoreUnavailable
 
 
 def create_app(

@@ -57,17 +57,19 @@ def process_upload(
         vitals = _checked_vitals(result.vitals)
         quality = _jsonable(dict(result.quality))
     except inference.InferenceFailed as exc:
-        return _fallback(session_id, fallback_config, exc.reason, exc.message)
+        return fallback_body(session_id, fallback_config, exc.reason, exc.message)
     except TensorFormatError as exc:  # validated at upload; only a format-module change could get here
-        return _fallback(session_id, fallback_config, "INVALID_TENSOR", str(exc))
+        return fallback_body(session_id, fallback_config, "INVALID_TENSOR", str(exc))
     except _UnusableVitals as exc:
-        return _fallback(session_id, fallback_config, "INTERNAL", str(exc))
+        return fallback_body(session_id, fallback_config, "INTERNAL", str(exc))
     except Exception:
         log.exception("inference crashed for session %s", session_id)
-        return _fallback(session_id, fallback_config, "INTERNAL", "the inference engine failed unexpectedly")
+        return fallback_body(
+            session_id, fallback_config, "INTERNAL", "the inference engine failed unexpectedly"
+        )
     if vitals["confidence"] <= 0.0:
         extra = quality if isinstance(quality, dict) else {}
-        return _fallback(
+        return fallback_body(
             session_id,
             fallback_config,
             "LOW_CONFIDENCE",
@@ -99,7 +101,7 @@ def fallback_vitals(session_id: str, fallback_config: Mapping[str, Any]) -> dict
     return vitals
 
 
-def _fallback(
+def fallback_body(
     session_id: str,
     fallback_config: Mapping[str, Any],
     reason: str,

@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import multiprocessing
 import shutil
+import signal
+import socket
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -42,26 +45,93 @@ def serve(
     data_dir: Path | str | None = None,
     *,
     log_level: str = "info",
+    workers: int = 1,
+    database_url: str | None = None,
+    blob_store: str | None = None,
+    queue_url: str | None = None,
 ) -> None:
     """Run the reference backend until interrupted; configuration comes from the environment.
 
-    Raises UnsafeBindError for a non-loopback `host` without VITALCAM_PUBLIC_BASE_URL: upload URLs are
-    never built from request headers, so such a server would have no trustworthy address to hand out.
+    `workers` > 1 runs that many API processes on one listening socket; they share state only through
+    the database, so they need `database_url` (PostgreSQL). Raises UnsafeBindError for a non-loopback
+    `host` without VITALCAM_PUBLIC_BASE_URL: upload URLs are never built from request headers, so such a
+    server would have no trustworthy address to hand out.
     """
-    config = ServerConfig.from_env(data_dir=Path(data_dir) if data_dir is not None else None)
+    config = ServerConfig.from_env(
+        data_dir=Path(data_dir) if data_dir is not None else None,
+        database_url=database_url,
+        blob_store=blob_store,
+        queue_url=queue_url,
+    )
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and not config.database_url:
+        raise ValueError(
+            "--workers above 1 needs --database-url (PostgreSQL): SQLite is the single-process default"
+        )
+    if config.scaled or workers > 1:
+        config = config.with_overrides(single_process=False)
     check_bind(host, config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    if not any(k.active for k in list_keys(config.data_dir)):
+    if not any(k.active for k in list_keys(config.data_dir, database_url=config.database_url)):
         log.warning(
-            "no active API keys in %s; create one with: vitalcam keys create --developer NAME --data-dir %s",
-            config.data_dir,
-            config.data_dir,
+            "no active API keys; create one with: vitalcam keys create --developer NAME%s",
+            f" --database-url {config.database_url}"
+            if config.database_url
+            else f" --data-dir {config.data_dir}",
         )
+    if workers == 1:
+        _serve_one(config, host, port, log_level, None)
+        return
+    _serve_many(config, host, port, log_level, workers)
+
+
+def _serve_one(
+    config: ServerConfig, host: str, port: int, log_level: str, sock: socket.socket | None
+) -> None:
     server = uvicorn.Server(uvicorn_config(create_app(config), config, host, port, log_level))
     with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+        server.run(sockets=[sock] if sock is not None else None)
     if not server.started:  # e.g. the port is taken; uvicorn has logged why (uvicorn.run exits 3 too)
         raise SystemExit(STARTUP_FAILURE)
+
+
+def _serve_many(config: ServerConfig, host: str, port: int, log_level: str, workers: int) -> None:
+    """One listening socket, `workers` spawned API processes accepting on it; SIGINT/SIGTERM stop all."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        raise SystemExit(STARTUP_FAILURE) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(
+            target=_serve_one, args=(config, host, port, log_level, sock), name=f"vitalcam-api-{i}"
+        )
+        for i in range(workers)
+    ]
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for child in children:
+            child.start()
+        while not stop.wait(0.5):
+            if all(not child.is_alive() for child in children):
+                break
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()  # uvicorn finishes in-flight requests on SIGTERM
+        for child in children:
+            child.join(30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
 
 
 def check_bind(host: str, config: ServerConfig) -> None:
@@ -208,7 +278,9 @@ def start_embedded(
     root = temp_dir if temp_dir is not None else Path(data_dir)  # type: ignore[arg-type]
     try:
         config = ServerConfig(data_dir=root, persist_vitals=persist_vitals, **config_overrides)
-        api_key = create_key(config.data_dir, developer, live=False)
+        if config.scaled and "single_process" not in config_overrides:
+            config = config.with_overrides(single_process=False)  # other processes share its stores
+        api_key = create_key(config.data_dir, developer, live=False, database_url=config.database_url)
         app = create_app(config, infer=infer)
         server = uvicorn.Server(uvicorn_config(app, config, "127.0.0.1", port, "warning", lifespan="on"))
         thread = threading.Thread(target=server.run, name="vitalcam-embedded-server", daemon=True)

@@ -39,6 +39,7 @@ from server.stores.base import (
     RateState,
     SessionRow,
     SessionStore,
+    StoreUnavailable,
     UsageState,
     is_session_id,
 )
@@ -59,10 +60,6 @@ class Caller:
     key: AuthedKey
     rate: RateState
     usage: UsageState
-
-
-class StoreUnavailable(Exception):
-    """A store or queue could not be reached; the request is answered 503 and may be repeated."""
 
 
 class SessionService:
@@ -300,9 +297,11 @@ class SessionService:
                 codes.INVALID_REQUEST, "The uploaded tensor is gone; start a new session"
             ) from None
         except BaseException:
-            # Nothing was answered: the session goes back to `uploading` so that the client's retry of
+            # A queued job keeps running whatever happens to this request (a retry waits for it); an
+            # in-process one is gone, so the session goes back to `uploading` and a retry of
             # upload-complete runs it again (its tensor is still stored).
-            await asyncio.shield(run_in_threadpool(self.move, session.id, S.PROCESSING, S.UPLOADING))
+            if not self.runner.stores_outcome:
+                await asyncio.shield(run_in_threadpool(self.move, session.id, S.PROCESSING, S.UPLOADING))
             raise
 
     async def _wait_elsewhere(self, session_id: str) -> Outcome:

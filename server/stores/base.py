@@ -28,6 +28,10 @@ RATE_WINDOW_S: Final = 3600
 _SESSION_ID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+class StoreUnavailable(Exception):
+    """A store or the queue could not be reached; the request is answered 503 and may be repeated."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
     """What `vitalcam keys list` shows: a public id, never the key or its hash."""
