@@ -71,9 +71,9 @@ def face_traces(frames: Iterable[tuple[float, np.ndarray]]) -> Traces:
                 points = result.multi_face_landmarks[0].landmark
                 landmarks = np.array([(p.x * width, p.y * height) for p in points[:468]])
                 mask = np.zeros((height, width), np.uint8)
-                cv2.fillConvexPoly(mask, _hull_points(landmarks, fm.FACEMESH_FACE_OVAL), 255)
+                cv2.fillConvexPoly(mask, _hull_points(landmarks, fm.FACEMESH_FACE_OVAL), (255,))
                 for hole in holes:
-                    cv2.fillConvexPoly(mask, _hull_points(landmarks, hole), 0)
+                    cv2.fillConvexPoly(mask, _hull_points(landmarks, hole), (0,))
                 if mask.any():
                     b, g, r, _ = cv2.mean(image, mask=mask)
                     mean = np.array([r, g, b])

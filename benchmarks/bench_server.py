@@ -40,7 +40,7 @@ _VITALS = {
 
 
 def trivial_infer(measurement: Measurement, demographics: Mapping[str, Any] | None) -> InferenceResult:
-    return InferenceResult(dict(_VITALS), {"source": {}})
+    return InferenceResult.from_vitals(dict(_VITALS), {"source": {}})
 
 
 def traces_only_payload(duration_s: float, fps: float = 30.0) -> bytes:

@@ -103,8 +103,8 @@ def trace_samples() -> list[Sample]:
             a = analyze(m)
         except InferenceFailed:
             continue
-        error = a.hr_bpm - truth.hr_bpm if kind != "none" else float("nan")
-        features = {k: float(v) for k, v in a.hr_factors.items()}
+        error = a.heart.hr_bpm - truth.hr_bpm if kind != "none" else float("nan")
+        features = {k: float(v) for k, v in a.heart.factors.items()}
         source = "sim-nopulse" if kind == "none" else "sim"
         samples.append(Sample(source, f"sim{i}", duration, features, error, a.confidence["heart_rate"]))
     return samples

@@ -25,7 +25,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -50,7 +50,7 @@ Source = Literal["camera", "video"]
 _REQUIRED_TENSORS: Final = ("t_s", "rgb", "skin_px", "face_box")
 _OPTIONAL_TENSORS: Final = ("patches",)
 _DTYPES: Final = {"t_s": "F64", "rgb": "F32", "skin_px": "I32", "face_box": "F32", "patches": "U8"}
-_NUMPY_DTYPES: Final = {
+_NUMPY_DTYPES: Final[dict[str, np.dtype[Any]]] = {
     "t_s": np.dtype("<f8"),
     "rgb": np.dtype("<f4"),
     "skin_px": np.dtype("<i4"),
@@ -279,7 +279,7 @@ def _parse_metadata(metadata: object) -> tuple[TensorMetadata, dict[str, str]]:
         regions=tuple(metadata["regions"].split(",")),
         frame_width=_parse_int("__metadata__.frame_width", metadata["frame_width"]),
         frame_height=_parse_int("__metadata__.frame_height", metadata["frame_height"]),
-        source=metadata["source"],  # type: ignore[arg-type]  # checked in _validate_metadata
+        source=metadata["source"],  # checked in _validate_metadata
         sdk=metadata["sdk"],
     )
     extra = {k: v for k, v in metadata.items() if k not in _REQUIRED_METADATA}

@@ -137,12 +137,12 @@ def _vitalcam_reading(
         a = analyze(part, min_usable_s=min_usable_s)
     except InferenceFailed as exc:
         return dataclasses.replace(base, note=f"{exc.reason}: {exc.message}")
-    features = {k: float(v) for k, v in a.hr_factors.items()}
+    features = {k: float(v) for k, v in a.heart.factors.items()}
     return dataclasses.replace(
         base,
-        hr_bpm=a.hr_bpm,
+        hr_bpm=a.heart.hr_bpm,
         confidence=a.confidence["heart_rate"],
-        snr_db=snr_at_db(a.pulse, a.fs_hz, ref),
+        snr_db=snr_at_db(a.pulse.signal, a.pulse.fs_hz, ref),
         features=features,
     )
 

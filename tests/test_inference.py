@@ -12,6 +12,7 @@ import pytest
 
 import server.inference.engine as engine
 from contract.tensor import validate
+from contract.vitals import VITALS as VITAL_TABLE
 from server.inference import Analysis, InferenceFailed, InferenceResult, analyze, infer
 from server.inference.priors import blood_pressure_prior
 from tests.simulate_traces import simulate
@@ -59,19 +60,19 @@ def test_harmonic_trap_reports_the_fundamental(hr_bpm: float, seed: int) -> None
     """A strong diastolic wave puts more power at 2·HR than at HR; the engine must not double the rate."""
     m, truth = simulate(hr_bpm=hr_bpm, dicrotic=0.8, dicrotic_phase=0.7, noise_std=0.05, seed=seed)
     a = analyze(m)
-    band = (a.freq_bpm > 1.7 * truth.hr_bpm) & (a.freq_bpm < 2.3 * truth.hr_bpm)
-    fundamental = (a.freq_bpm > 0.8 * truth.hr_bpm) & (a.freq_bpm < 1.2 * truth.hr_bpm)
-    assert a.power[band].max() > a.power[fundamental].max()  # the trap is really set
-    assert a.harmonic_corrected
-    assert abs(a.hr_bpm - truth.hr_bpm) <= 1.5
+    band = (a.spectrum.freq_bpm > 1.7 * truth.hr_bpm) & (a.spectrum.freq_bpm < 2.3 * truth.hr_bpm)
+    fundamental = (a.spectrum.freq_bpm > 0.8 * truth.hr_bpm) & (a.spectrum.freq_bpm < 1.2 * truth.hr_bpm)
+    assert a.spectrum.power[band].max() > a.spectrum.power[fundamental].max()  # the trap is really set
+    assert a.heart.harmonic_corrected
+    assert abs(a.heart.hr_bpm - truth.hr_bpm) <= 1.5
 
 
 @pytest.mark.parametrize("hr_bpm", [90.0, 110.0])
 def test_genuine_fast_rate_is_not_halved(hr_bpm: float) -> None:
     m, truth = simulate(hr_bpm=hr_bpm, noise_std=0.05, seed=11)
     a = analyze(m)
-    assert not a.harmonic_corrected
-    assert abs(a.hr_bpm - truth.hr_bpm) <= 1.0
+    assert not a.heart.harmonic_corrected
+    assert abs(a.heart.hr_bpm - truth.hr_bpm) <= 1.0
 
 
 def test_irregular_timestamps_and_dropped_frames() -> None:
@@ -91,15 +92,15 @@ def test_nominal_fps_is_never_assumed() -> None:
     """A 24 fps camera: the grid follows the timestamps, the HR stays right."""
     m, truth = simulate(fps=24.0, hr_bpm=84.0, noise_std=0.05, seed=4)
     a = analyze(m)
-    assert a.fs_hz == pytest.approx(24.0, rel=1e-6)
-    assert abs(a.hr_bpm - truth.hr_bpm) <= 1.0
+    assert a.pulse.fs_hz == pytest.approx(24.0, rel=1e-6)
+    assert abs(a.heart.hr_bpm - truth.hr_bpm) <= 1.0
 
 
 def test_high_frame_rate_is_decimated() -> None:
     m, truth = simulate(fps=60.0, duration_s=20.0, noise_std=0.05, seed=5)
     a = analyze(m)
-    assert a.fs_hz == pytest.approx(30.0)
-    assert abs(a.hr_bpm - truth.hr_bpm) <= 1.0
+    assert a.pulse.fs_hz == pytest.approx(30.0)
+    assert abs(a.heart.hr_bpm - truth.hr_bpm) <= 1.0
 
 
 def test_face_lost_briefly_is_bridged_and_counted() -> None:
@@ -140,10 +141,10 @@ def test_head_bob_in_the_pulse_band_is_attenuated() -> None:
     """A 1.6 Hz nod (96 /min) leaks specular light into the colour traces; the face box sees it."""
     m, truth = simulate(hr_bpm=66.0, motion_hz=1.6, motion_amplitude=0.02, noise_std=0.05, seed=10)
     a = analyze(m)
-    assert abs(a.hr_bpm - truth.hr_bpm) <= 1.5
-    assert a.motion_level > 0.01
-    assert a.motion_gain[np.argmin(np.abs(a.freq_bpm - 96.0))] < 0.2
-    assert a.hr_factors["motion"] < 0.9
+    assert abs(a.heart.hr_bpm - truth.hr_bpm) <= 1.5
+    assert a.recording.motion_level > 0.01
+    assert a.spectrum.motion_gain[np.argmin(np.abs(a.spectrum.freq_bpm - 96.0))] < 0.2
+    assert a.heart.factors["motion"] < 0.9
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -215,17 +216,36 @@ def test_analysis_arrays_line_up() -> None:
     m, truth = simulate(seed=13)
     a = analyze(m)
     assert isinstance(a, Analysis)
-    n = a.t_s.shape[0]
-    assert a.pulse.shape == a.pulse_valid.shape == a.breathing.shape == (n,)
-    assert np.allclose(np.diff(a.t_s), 1.0 / a.fs_hz)
-    assert a.t_s[0] == pytest.approx(m.t_s[0])
-    assert a.freq_bpm.shape == a.power.shape == a.motion_gain.shape
-    assert a.power.max() == pytest.approx(1.0)
-    assert abs(a.freq_bpm[np.argmax(a.power)] - a.hr_bpm) < 1.0
-    assert a.track_t_s.shape == a.track_bpm.shape and a.track_bpm.shape[0] >= 10
-    assert a.ibi_ms.shape == a.ibi_accepted.shape == (a.beat_t_s.shape[0] - 1,)
+    pulse, spectrum, heart, beats = a.pulse, a.spectrum, a.heart, a.beats
+    n = pulse.t_s.shape[0]
+    assert pulse.signal.shape == pulse.valid.shape == a.breathing.signal.shape == (n,)
+    assert np.allclose(np.diff(pulse.t_s), 1.0 / pulse.fs_hz)
+    assert pulse.t_s[0] == pytest.approx(m.t_s[0])
+    assert spectrum.freq_bpm.shape == spectrum.power.shape == spectrum.motion_gain.shape
+    assert spectrum.power.max() == pytest.approx(1.0)
+    assert abs(spectrum.freq_bpm[np.argmax(spectrum.power)] - heart.hr_bpm) < 1.0
+    assert heart.track_t_s.shape == heart.track_bpm.shape and heart.track_bpm.shape[0] >= 10
+    assert beats.ibi_ms.shape == beats.accepted.shape == (beats.t_s.shape[0] - 1,)
     # Detected beats line up with the truth (one per true beat, within a fraction of an interval).
-    assert abs(a.beat_t_s.shape[0] - truth.beat_times_s.shape[0]) <= 2
+    assert abs(beats.t_s.shape[0] - truth.beat_times_s.shape[0]) <= 2
+    assert a.regions.names == tuple(m.meta.regions) and a.regions.weight.shape == (len(a.regions.names),)
+
+
+def test_every_vital_has_one_typed_estimate_in_the_table_order() -> None:
+    m, truth = simulate(seed=13)
+    result = infer(m)
+    assert list(result.estimates) == [v.key for v in VITAL_TABLE]
+    for vital in VITAL_TABLE:
+        estimate = result.estimates[vital.key]
+        assert estimate.unit == vital.unit
+        assert 0.0 <= estimate.confidence <= 1.0
+        assert result.vitals[vital.key] == estimate.value
+        assert result.quality["source"][vital.key] == estimate.source
+        assert result.quality["reliable"][vital.key] == estimate.reliable
+    assert result.estimates["systolic_bp"].source == "prior" and not result.estimates["systolic_bp"].reliable
+    assert result.estimates["heart_rate"].reliable
+    assert abs(result.estimates["heart_rate"].value - truth.hr_bpm) <= 1.0
+    assert result.vitals["confidence"] == result.confidence
 
 
 def test_spo2_calibration_moves_spo2_but_caps_confidence(monkeypatch: pytest.MonkeyPatch) -> None:

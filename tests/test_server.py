@@ -90,8 +90,8 @@ class StubEngine:
             assert self.release.wait(20)
         quality = {"confidence": {"heart_rate": 0.9}, "source": {"heart_rate": "measured", "spo2": "prior"}}
         if self.mode == "zero":
-            return InferenceResult({**GOOD_VITALS, "confidence": 0.0}, quality)
-        return InferenceResult(dict(GOOD_VITALS), quality)
+            return InferenceResult.from_vitals({**GOOD_VITALS, "confidence": 0.0}, quality)
+        return InferenceResult.from_vitals(dict(GOOD_VITALS), quality)
 
 
 ENGINE = StubEngine()

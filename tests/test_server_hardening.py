@@ -46,7 +46,7 @@ QUALITY_MARKER = "quality-marker-5b1d0c9e"
 
 def marked_infer(measurement: Any, demographics: Any) -> InferenceResult:
     """Inference whose result carries a marker string, so the raw bytes of a stored result can be found."""
-    return InferenceResult(dict(VITALS), {"note": QUALITY_MARKER})
+    return InferenceResult.from_vitals(dict(VITALS), {"note": QUALITY_MARKER})
 
 
 @pytest.fixture(scope="module")

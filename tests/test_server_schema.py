@@ -35,7 +35,7 @@ def trivial_infer(measurement: Any, demographics: Any) -> InferenceResult:
         "diastolic_bp": 80.0,
         "confidence": 0.5,
     }
-    return InferenceResult(vitals, {"source": {}})
+    return InferenceResult.from_vitals(vitals, {"source": {}})
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ VITALS = {"heart_rate": 71.0, "respiratory_rate": 15.0, "hrv": 41.0, "spo2": 98.
 def slow_infer(_: Measurement, __: Mapping[str, Any] | None) -> InferenceResult:
     """Inference that outlasts the client's processing timeout, so upload-complete times out."""
     time.sleep(0.8)
-    return InferenceResult(vitals={**VITALS, "diastolic_bp": 79.0, "confidence": 0.8}, quality={})
+    return InferenceResult.from_vitals({**VITALS, "diastolic_bp": 79.0, "confidence": 0.8}, {})
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ confidence (per-vital confidence), engine (the pipeline). docs/vitals.md describ
 
 from __future__ import annotations
 
-from server.inference.engine import Analysis, InferenceResult, analyze, infer
+from server.inference.engine import Analysis, Estimate, InferenceResult, analyze, infer
 from server.inference.errors import FailureReason, InferenceFailed
 
-__all__ = ["Analysis", "FailureReason", "InferenceFailed", "InferenceResult", "analyze", "infer"]
+__all__ = ["Analysis", "Estimate", "FailureReason", "InferenceFailed", "InferenceResult", "analyze", "infer"]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 
 from contract.limits import MIN_USABLE_S, RELIABLE_CONFIDENCE
 from contract.tensor import VIDEO_BITS_PER_PIXEL_KEY, Measurement
+from contract.vitals import VITALS
 from server.inference import confidence as conf
 from server.inference import pulse as hr_pulse
 from server.inference.conditioning import Conditioned, condition
@@ -44,66 +45,129 @@ WELCH_SEGMENT_S: Final = 15.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Analysis:
-    """Everything behind the vitals, as arrays for plotting (times on the measurement's `t_s` clock).
-
-    Pulse: `t_s` [N] uniform grid at `fs_hz`, `pulse` [N] fused waveform (unit std, 0 where no data),
-    `pulse_valid` [N]. Spectrum: `freq_bpm` [F], `power` [F] (fused, normalised, motion-attenuated),
-    `motion_gain` [F] (1 = no attenuation), peak `hr_bpm` with `snr_db`. Track: `track_t_s`, `track_bpm`,
-    `track_snr_db` (10 s windows, 2 s hop). Breathing: `breathing` [N] (the best agreeing source,
-    band-passed, on `t_s`), `rr_bpm`, `rr_sources` (name, breaths/min, quality). Beats: `beat_t_s`,
-    `ibi_ms`, `ibi_accepted`, `sdnn_ms`, `rmssd_ms` (NaN when too few clean beats). Per region (order of
-    `regions`): SNR at the consensus track (dB, NaN if unused), own peak (bpm), projection ("pos"),
-    fusion weight, coverage. `confidence` holds 0..1 for heart_rate, respiratory_rate, hrv; `hr_factors` and `hrv_factors`
-    the terms they are products of; `beat_template_r` (beat-to-mean-beat correlation) and
-    `beat_jitter_ms` (the beat-timing error it predicts) are the HRV timing evidence.
-    """
+class PulseWave:
+    """The fused pulse on the uniform grid: `t_s` [N] (measurement clock) at `fs_hz`, `signal` [N] (unit
+    std, systole up, 0 where no data), `valid` [N]."""
 
     t_s: np.ndarray
     fs_hz: float
-    pulse: np.ndarray
-    pulse_valid: np.ndarray
+    signal: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Spectrum:
+    """The whole record's fused spectrum: `freq_bpm` [F], `power` [F] (peak 1, motion-attenuated) and
+    the motion gain [F] applied to it (1 = no attenuation)."""
+
     freq_bpm: np.ndarray
     power: np.ndarray
     motion_gain: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HeartRate:
+    """The heart rate, how it was read, and the evidence behind its confidence.
+
+    `hr_bpm` is what is reported (`method` "spectral", or "beats" when clean beats refine it),
+    `spectral_hr_bpm` the periodogram peak where the track lives. `snr_db` is the mean SNR along the
+    track, `whole_snr_db` the record's. The track: `track_t_s`, `track_bpm`, `track_snr_db` per window,
+    `track_support` the share of windows whose own peak is on it. `factors` are the confidence's terms.
+    """
+
     hr_bpm: float
-    hr_method: str
+    method: str
     spectral_hr_bpm: float
     snr_db: float
+    whole_snr_db: float
     harmonic_corrected: bool
     track_t_s: np.ndarray
     track_bpm: np.ndarray
     track_snr_db: np.ndarray
     track_support: float
-    whole_snr_db: float
-    breathing: np.ndarray
-    rr_bpm: float
-    rr_sources: tuple[tuple[str, float, float], ...]
-    rr_agreeing: tuple[str, ...]
-    beat_t_s: np.ndarray
+    confidence: float
+    factors: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BeatTimes:
+    """Beats of the fused pulse: times `t_s` [B], intervals `ibi_ms` [B-1] and which are clean, SDNN and
+    RMSSD (NaN when too few clean beats); `template_r` (beat-to-mean-beat correlation) and `jitter_ms`
+    (the timing error it predicts) are the HRV evidence, `factors` the HRV confidence's terms."""
+
+    t_s: np.ndarray
     ibi_ms: np.ndarray
-    ibi_accepted: np.ndarray
+    accepted: np.ndarray
     sdnn_ms: float
     rmssd_ms: float
-    regions: tuple[str, ...]
-    region_snr_db: np.ndarray
-    region_hr_bpm: np.ndarray
-    region_method: tuple[str, ...]
-    region_weight: np.ndarray
-    region_coverage: np.ndarray
-    ratio_of_ratios: float
+    template_r: float
+    jitter_ms: float
+    confidence: float
+    factors: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Breathing:
+    """Breathing: `signal` [N] (the best agreeing source, band-passed, on the pulse's `t_s`), `rr_bpm`,
+    every source as (name, breaths/min, quality), the agreeing ones, and the confidence."""
+
+    signal: np.ndarray
+    rr_bpm: float
+    sources: tuple[tuple[str, float, float], ...]
+    agreeing: tuple[str, ...]
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RegionTable:
+    """Per region (order of `names`): SNR at the track (dB, NaN if unused), own peak (bpm), projection
+    ("pos" or "none"), weight in the heart rate, and coverage (share of the record present)."""
+
+    names: tuple[str, ...]
+    snr_db: np.ndarray
+    hr_bpm: np.ndarray
+    method: tuple[str, ...]
+    weight: np.ndarray
+    coverage: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingQuality:
+    """What the recording itself allowed: coverage, durations (s), frame rate and jitter, head motion
+    (in-band face-box std as a fraction of face width), the red/blue ratio of ratios (SpO2's input) and
+    the replayed video's compressed bits per pixel (None for a camera)."""
+
     coverage: float
     duration_s: float
     usable_s: float
     fps_hz: float
     frame_jitter_ms: float
     motion_level: float
-    confidence: dict[str, float]
-    hr_factors: dict[str, float]
-    hrv_factors: dict[str, float]
-    beat_jitter_ms: float
-    beat_template_r: float
-    video_bits_per_pixel: float | None = None
+    ratio_of_ratios: float
+    video_bits_per_pixel: float | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Analysis:
+    """Everything behind the vitals, in named parts, as arrays for plotting (times on the measurement's
+    `t_s` clock): the report plots these and the server reports numbers derived from the same object."""
+
+    pulse: PulseWave
+    spectrum: Spectrum
+    heart: HeartRate
+    beats: BeatTimes
+    breathing: Breathing
+    regions: RegionTable
+    recording: RecordingQuality
+
+    @property
+    def confidence(self) -> dict[str, float]:
+        """0..1 for the measured vitals: heart_rate, respiratory_rate, hrv."""
+        return {
+            "heart_rate": self.heart.confidence,
+            "respiratory_rate": self.breathing.confidence,
+            "hrv": self.beats.confidence,
+        }
 
 
 def analyze(measurement: Measurement, *, min_usable_s: float = MIN_USABLE_S) -> Analysis:
@@ -203,110 +267,135 @@ def heart_rate_stage(cond: Conditioned, region_names: tuple[str, ...]) -> HeartR
 
 
 def _analyze(m: Measurement, min_usable_s: float) -> Analysis:
+    """The pipeline as a sequence of stages, each one's output the next one's input."""
     cond = condition(m, min_usable_s)
-    fs = cond.fs_hz
-    heart = heart_rate_stage(cond, tuple(m.meta.regions))
-    weights = heart.fusion.weights
-    hr_bpm_spectral = heart.hr_hz * 60.0
-    snr_db = hr_pulse.to_db(float(np.mean(heart.track_snr)))
-    support = hr_pulse.track_support(heart.fused, heart.spec.f_hz, heart.track_hz)
-    margin = hr_pulse.track_margin(heart.fused, heart.spec.f_hz, heart.track_hz, heart.track_score)
-    sharpness = hr_pulse.track_sharpness_db(heart.fused, heart.spec.f_hz, heart.track_hz)
-    roughness = hr_pulse.track_roughness_bpm(heart.track_hz)
-    whole_snr = hr_pulse.whole_snr_db(heart.f_hz, heart.power, heart.hr_hz)
-    measured = np.isfinite(heart.fusion.hr_bpm)
-    hr_conf = conf.heart_rate_confidence(
-        snr_db=snr_db,
-        support=support,
-        margin=margin,
-        sharpness_db=sharpness,
-        roughness_bpm=roughness,
-        split_half=heart.split_half,
-        split_half_held=heart.split_half_held,
-        whole_snr_db=whole_snr,
+    stage = heart_rate_stage(cond, tuple(m.meta.regions))
+    hr_conf = heart_rate_evidence(cond, stage)
+    beats = detect_beats(stage.pulse, stage.pulse_valid, cond.t_s, stage.hr_hz * 60.0)
+    beat_times, hrv_conf = beat_stage(cond, stage, beats, hr_conf.value)
+    breathing = breathing_stage(cond, stage.fusion.weights, beats, hr_conf.value)
+    hr_bpm, hr_method = refine_with_beats(stage.hr_hz * 60.0, beats, hrv_conf, hr_conf.value)
+    return Analysis(
+        pulse=PulseWave(t_s=cond.t_s, fs_hz=cond.fs_hz, signal=stage.pulse, valid=stage.pulse_valid),
+        spectrum=_shown_spectrum(stage),
+        heart=HeartRate(
+            hr_bpm=hr_bpm,
+            method=hr_method,
+            spectral_hr_bpm=stage.hr_hz * 60.0,
+            snr_db=hr_conf.factors["snr_db"],
+            whole_snr_db=hr_conf.factors["whole_snr_db"],
+            harmonic_corrected=stage.harmonic_corrected,
+            track_t_s=stage.spec.t_s,
+            track_bpm=stage.track_hz * 60.0,
+            track_snr_db=10.0 * np.log10(np.maximum(stage.track_snr, 1e-3)),
+            track_support=hr_conf.factors["support"],
+            confidence=hr_conf.value,
+            factors=hr_conf.factors,
+        ),
+        beats=beat_times,
+        breathing=breathing,
+        regions=RegionTable(
+            names=tuple(m.meta.regions),
+            snr_db=stage.fusion.snr_db,
+            hr_bpm=stage.fusion.hr_bpm,
+            method=tuple("pos" if w > 0 else "none" for w in stage.fusion.weights),
+            weight=stage.fusion.weights,
+            coverage=cond.region_coverage,
+        ),
+        recording=RecordingQuality(
+            coverage=cond.coverage,
+            duration_s=cond.duration_s,
+            usable_s=cond.usable_s,
+            fps_hz=cond.fps_hz,
+            frame_jitter_ms=cond.frame_interval_jitter_ms,
+            motion_level=stage.motion_level,
+            ratio_of_ratios=ratio_of_ratios(cond.rgb, cond.valid, stage.fusion.weights, cond.fs_hz),
+            video_bits_per_pixel=_bits_per_pixel(m),
+        ),
+    )
+
+
+def heart_rate_evidence(cond: Conditioned, stage: HeartRateStage) -> conf.HrConfidence:
+    """The heart-rate confidence from the track's evidence (see `confidence.heart_rate_confidence`)."""
+    fused, f_hz, track_hz = stage.fused, stage.spec.f_hz, stage.track_hz
+    measured = np.isfinite(stage.fusion.hr_bpm)
+    return conf.heart_rate_confidence(
+        snr_db=hr_pulse.to_db(float(np.mean(stage.track_snr))),
+        support=hr_pulse.track_support(fused, f_hz, track_hz),
+        margin=hr_pulse.track_margin(fused, f_hz, track_hz, stage.track_score),
+        sharpness_db=hr_pulse.track_sharpness_db(fused, f_hz, track_hz),
+        roughness_bpm=hr_pulse.track_roughness_bpm(track_hz),
+        split_half=stage.split_half,
+        split_half_held=stage.split_half_held,
+        whole_snr_db=hr_pulse.whole_snr_db(stage.f_hz, stage.power, stage.hr_hz),
         # Regions outside the fusion still read their own peak: how many of them agree is a diagnostic.
-        agreement=conf.closeness(heart.fusion.hr_bpm, hr_bpm_spectral, measured.astype(float))
+        agreement=conf.closeness(stage.fusion.hr_bpm, stage.hr_hz * 60.0, measured.astype(float))
         if measured.sum() > 1
         else 1.0,
-        motion_level=heart.motion_level,
+        motion_level=stage.motion_level,
         coverage=cond.coverage,
     )
 
-    beats = detect_beats(heart.pulse, heart.pulse_valid, cond.t_s, hr_bpm_spectral)
-    resp = _respiration(cond, weights, beats, hr_conf.value)
-    expected_beats = cond.usable_s * hr_bpm_spectral / 60.0 - 1.0
+
+def beat_stage(
+    cond: Conditioned, stage: HeartRateStage, beats: Beats, hr_confidence: float
+) -> tuple[BeatTimes, conf.HrvConfidence]:
+    """Beat times, SDNN/RMSSD and the HRV confidence (zero when too few clean beats for an SDNN)."""
+    spectral_bpm = stage.hr_hz * 60.0
     clean_ibi_ms = beats.ibi_ms[beats.accepted]
     hrv_conf = conf.hrv_confidence(
-        hr_confidence=hr_conf.value,
-        snr_db=whole_snr,
+        hr_confidence=hr_confidence,
+        snr_db=hr_pulse.whole_snr_db(stage.f_hz, stage.power, stage.hr_hz),
         n_clean=beats.n_clean,
-        n_expected=expected_beats,
+        n_expected=cond.usable_s * spectral_bpm / 60.0 - 1.0,
         beat_hr_bpm=60000.0 / float(np.mean(clean_ibi_ms)) if clean_ibi_ms.size else float("nan"),
-        spectral_hr_bpm=hr_bpm_spectral,
+        spectral_hr_bpm=spectral_bpm,
         template_r=beats.template_r,
         min_clean=MIN_CLEAN_BEATS,
     )
-    hrv_value = hrv_conf.value if math.isfinite(beats.sdnn_ms) else 0.0
-    rr_conf = resp.confidence * conf.coverage_factor(cond.coverage)
-    hr_bpm, hr_method = refine_with_beats(hr_bpm_spectral, beats, hrv_conf, hr_conf.value)
-
-    breathing = np.zeros_like(cond.t_s)
-    if resp.best is not None:
-        breathing = np.interp(cond.t_s, resp.best.t_s, resp.best.signal)
-    f_hz, power = heart.f_hz, heart.power
-    shown = (f_hz * 60.0 >= SPECTRUM_LOW_BPM) & (f_hz * 60.0 <= SPECTRUM_HIGH_BPM)
-    return Analysis(
-        t_s=cond.t_s,
-        fs_hz=fs,
-        pulse=heart.pulse,
-        pulse_valid=heart.pulse_valid,
-        freq_bpm=f_hz[shown] * 60.0,
-        power=power[shown] / max(float(power[shown].max()), 1e-300),
-        motion_gain=heart.gain[shown],
-        hr_bpm=hr_bpm,
-        hr_method=hr_method,
-        spectral_hr_bpm=hr_bpm_spectral,
-        snr_db=snr_db,
-        harmonic_corrected=heart.harmonic_corrected,
-        track_t_s=heart.spec.t_s,
-        track_bpm=heart.track_hz * 60.0,
-        track_snr_db=10.0 * np.log10(np.maximum(heart.track_snr, 1e-3)),
-        track_support=support,
-        whole_snr_db=whole_snr,
-        breathing=breathing,
-        rr_bpm=float(np.clip(resp.rr_bpm, 6.0, 30.0)),
-        rr_sources=tuple((s.name, s.rr_bpm, s.quality) for s in resp.sources),
-        rr_agreeing=resp.agreeing,
-        beat_t_s=beats.t_s,
+    times = BeatTimes(
+        t_s=beats.t_s,
         ibi_ms=beats.ibi_ms,
-        ibi_accepted=beats.accepted,
+        accepted=beats.accepted,
         sdnn_ms=beats.sdnn_ms,
         rmssd_ms=beats.rmssd_ms,
-        regions=tuple(m.meta.regions),
-        region_snr_db=heart.fusion.snr_db,
-        region_hr_bpm=heart.fusion.hr_bpm,
-        region_method=tuple("pos" if w > 0 else "none" for w in weights),
-        region_weight=weights,
-        region_coverage=cond.region_coverage,
-        ratio_of_ratios=ratio_of_ratios(cond.rgb, cond.valid, weights, fs),
-        coverage=cond.coverage,
-        duration_s=cond.duration_s,
-        usable_s=cond.usable_s,
-        fps_hz=cond.fps_hz,
-        frame_jitter_ms=cond.frame_interval_jitter_ms,
-        motion_level=heart.motion_level,
-        confidence={"heart_rate": hr_conf.value, "respiratory_rate": rr_conf, "hrv": hrv_value},
-        hr_factors=hr_conf.factors,
-        hrv_factors={
+        template_r=beats.template_r,
+        jitter_ms=hrv_conf.jitter_ms,
+        confidence=hrv_conf.value if math.isfinite(beats.sdnn_ms) else 0.0,
+        factors={
             "snr": hrv_conf.snr,
             "timing": hrv_conf.timing,
             "share": hrv_conf.share,
             "agreement": hrv_conf.agreement,
             "heart_rate": hrv_conf.heart_rate,
         },
-        beat_jitter_ms=hrv_conf.jitter_ms,
-        beat_template_r=beats.template_r,
-        video_bits_per_pixel=_bits_per_pixel(m),
+    )
+    return times, hrv_conf
+
+
+def breathing_stage(cond: Conditioned, weights: np.ndarray, beats: Beats, hr_confidence: float) -> Breathing:
+    """The respiratory rate from the fused sources, its waveform on the pulse grid and its confidence."""
+    resp = _respiration(cond, weights, beats, hr_confidence)
+    signal = np.zeros_like(cond.t_s)
+    if resp.best is not None:
+        signal = np.interp(cond.t_s, resp.best.t_s, resp.best.signal)
+    return Breathing(
+        signal=signal,
+        rr_bpm=float(np.clip(resp.rr_bpm, 6.0, 30.0)),
+        sources=tuple((s.name, s.rr_bpm, s.quality) for s in resp.sources),
+        agreeing=resp.agreeing,
+        confidence=resp.confidence * conf.coverage_factor(cond.coverage),
+    )
+
+
+def _shown_spectrum(stage: HeartRateStage) -> Spectrum:
+    """The whole-record spectrum over the displayed range, scaled to peak 1."""
+    f_hz, power = stage.f_hz, stage.power
+    shown = (f_hz * 60.0 >= SPECTRUM_LOW_BPM) & (f_hz * 60.0 <= SPECTRUM_HIGH_BPM)
+    return Spectrum(
+        freq_bpm=f_hz[shown] * 60.0,
+        power=power[shown] / max(float(power[shown].max()), 1e-300),
+        motion_gain=stage.gain[shown],
     )
 
 
@@ -323,7 +412,7 @@ def _bits_per_pixel(m: Measurement) -> float | None:
 def quality_warnings(a: Analysis) -> list[dict[str, str]]:
     """Conditions the user should know about beside the numbers (codes and advice)."""
     warnings = []
-    bpp = a.video_bits_per_pixel
+    bpp = a.recording.video_bits_per_pixel
     if bpp is not None and bpp < COMPRESSED_BITS_PER_PIXEL:
         warnings.append(
             {
@@ -417,94 +506,152 @@ def infer(
 
 
 @dataclass(frozen=True, slots=True)
-class InferenceResult:
-    """`vitals` uses the spec's keys and units; `quality` is the JSON-ready detail behind them."""
+class Estimate:
+    """One vital: its value in the unit of `contract.vitals`, its confidence 0..1, whether the camera
+    measured it or it is a population prior, and `basis`, a short account of where the value came from."""
 
-    vitals: dict[str, float]
+    value: float
+    unit: str
+    confidence: float
+    source: Literal["measured", "prior"]
+    basis: str
+
+    @property
+    def reliable(self) -> bool:
+        """A measurement confident enough to be shown as a reading (priors never are)."""
+        return self.source == "measured" and self.confidence >= RELIABLE_CONFIDENCE
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResult:
+    """One `Estimate` per vital of `contract.vitals.VITALS` (in table order), the overall confidence, and
+    `quality`, the JSON-ready detail behind them."""
+
+    estimates: Mapping[str, Estimate]
+    confidence: float
     quality: dict[str, Any]
+
+    @property
+    def vitals(self) -> dict[str, float]:
+        """The spec's `vitals` object: every vital's value, then the overall confidence."""
+        return {**{key: e.value for key, e in self.estimates.items()}, "confidence": self.confidence}
+
+    @classmethod
+    def from_vitals(cls, vitals: Mapping[str, float], quality: dict[str, Any]) -> InferenceResult:
+        """A result from a spec `vitals` object (an engine other than ours, or a test's stand-in): each
+        vital's confidence and source come from `quality` when it has them, else the overall confidence
+        and the table's kind."""
+        confidences, sources = quality.get("confidence") or {}, quality.get("source") or {}
+        overall = float(vitals.get("confidence", 0.0))
+        estimates = {
+            v.key: Estimate(
+                value=float(vitals[v.key]),
+                unit=v.unit,
+                confidence=float(confidences.get(v.key, overall)),
+                source="prior" if sources.get(v.key, v.kind) == "prior" else "measured",
+                basis="",
+            )
+            for v in VITALS
+            if v.key in vitals
+        }
+        return cls(estimates=estimates, confidence=overall, quality=quality)
+
+
+def estimates_of(
+    a: Analysis, demographics: Mapping[str, Any] | None, calibration: tuple[float, float] | None
+) -> dict[str, Estimate]:
+    """Each vital's estimate, rounded as the API shows it (`contract.vitals` decimals; HR and RR to 0.1)."""
+    bp = blood_pressure_prior(demographics)
+    spo2 = spo2_estimate(a.recording.ratio_of_ratios, calibration, a.heart.confidence)
+    hrv_measured = math.isfinite(a.beats.sdnn_ms)
+    hrv_ms = float(np.clip(a.beats.sdnn_ms, 0.0, 300.0)) if hrv_measured else HRV_PRIOR_MS
+    units = {v.key: v.unit for v in VITALS}
+
+    def estimate(
+        key: str, value: float, digits: int, confidence: float, measured: bool, basis: str
+    ) -> Estimate:
+        return Estimate(
+            value=round(float(value), digits),
+            unit=units[key],
+            confidence=round(float(np.clip(confidence, 0.0, 1.0)), 3),
+            source="measured" if measured else "prior",
+            basis=basis,
+        )
+
+    hr_basis = (
+        "mean of clean beat intervals" if a.heart.method == "beats" else "POS spectral peak on the track"
+    )
+    out = {
+        "heart_rate": estimate("heart_rate", a.heart.hr_bpm, 1, a.heart.confidence, True, hr_basis),
+        "respiratory_rate": estimate(
+            "respiratory_rate", a.breathing.rr_bpm, 1, a.breathing.confidence, True,
+            "agreeing respiratory modulations: " + (", ".join(a.breathing.agreeing) or "none"),
+        ),
+        "hrv": estimate(
+            "hrv", hrv_ms, 1, a.beats.confidence, hrv_measured,
+            "SDNN of clean beat intervals" if hrv_measured else "population prior (too few clean beats)",
+        ),
+        "spo2": estimate("spo2", spo2.spo2_pct, 1, spo2.confidence, calibration is not None, spo2.basis),
+        "systolic_bp": estimate("systolic_bp", round(bp.systolic_mmhg), 0, bp.confidence, False, bp.basis),
+        "diastolic_bp": estimate("diastolic_bp", round(bp.diastolic_mmhg), 0, bp.confidence, False, bp.basis),
+    }  # fmt: skip
+    return {v.key: out[v.key] for v in VITALS}
 
 
 def _result(
     a: Analysis, demographics: Mapping[str, Any] | None, calibration: tuple[float, float] | None
 ) -> InferenceResult:
-    bp = blood_pressure_prior(demographics)
-    spo2 = spo2_estimate(a.ratio_of_ratios, calibration, a.confidence["heart_rate"])
-    hrv_measured = math.isfinite(a.sdnn_ms)
-    hrv_ms = float(np.clip(a.sdnn_ms, 0.0, 300.0)) if hrv_measured else HRV_PRIOR_MS
-    confidences = {
-        "heart_rate": a.confidence["heart_rate"],
-        "respiratory_rate": a.confidence["respiratory_rate"],
-        "hrv": a.confidence["hrv"],
-        "spo2": spo2.confidence,
-        "systolic_bp": bp.confidence,
-        "diastolic_bp": bp.confidence,
-    }
-    confidences = {k: round(float(np.clip(v, 0.0, 1.0)), 3) for k, v in confidences.items()}
-    vitals = {
-        "heart_rate": round(a.hr_bpm, 1),
-        "respiratory_rate": round(a.rr_bpm, 1),
-        "hrv": round(hrv_ms, 1),
-        "spo2": round(spo2.spo2_pct, 1),
-        "systolic_bp": float(round(bp.systolic_mmhg)),
-        "diastolic_bp": float(round(bp.diastolic_mmhg)),
-        # The spec reserves confidence 0.0 for fallback vitals (clients test for it), so a measurement,
-        # however weak, reports at least the smallest value the API's three decimals can show.
-        "confidence": max(confidences["heart_rate"], MIN_MEASURED_CONFIDENCE),
-    }
-    source = {
-        "heart_rate": "measured",
-        "respiratory_rate": "measured",
-        "hrv": "measured" if hrv_measured else "prior",
-        "spo2": "prior" if calibration is None else "measured",
-        "systolic_bp": "prior",
-        "diastolic_bp": "prior",
-    }
+    estimates = estimates_of(a, demographics, calibration)
+    # The spec reserves confidence 0.0 for fallback vitals (clients test for it), so a measurement,
+    # however weak, reports at least the smallest value the API's three decimals can show.
+    overall = max(estimates["heart_rate"].confidence, MIN_MEASURED_CONFIDENCE)
+    heart, beats, rec = a.heart, a.beats, a.recording
     quality: dict[str, Any] = {
         "reason": None,
         "warnings": quality_warnings(a),
         "engine_version": ENGINE_VERSION,
-        "confidence": confidences,
-        "source": source,
-        "reliable": {k: v >= RELIABLE_CONFIDENCE and source[k] == "measured" for k, v in confidences.items()},
-        "snr_db": _num(a.snr_db, 2),
-        "hr_method": a.hr_method,
-        "spectral_hr_bpm": _num(a.spectral_hr_bpm, 1),
-        "hr_confidence_factors": {k: _num(v, 3) for k, v in a.hr_factors.items()},
-        "harmonic_corrected": bool(a.harmonic_corrected),
-        "coverage": _num(a.coverage, 3),
-        "usable_s": _num(a.usable_s, 2),
-        "duration_s": _num(a.duration_s, 2),
-        "fps": _num(a.fps_hz, 2),
-        "frame_jitter_ms": _num(a.frame_jitter_ms, 2),
-        "motion_level": _num(a.motion_level, 4),
+        "confidence": {k: e.confidence for k, e in estimates.items()},
+        "source": {k: e.source for k, e in estimates.items()},
+        "reliable": {k: e.reliable for k, e in estimates.items()},
+        "snr_db": _num(heart.snr_db, 2),
+        "hr_method": heart.method,
+        "spectral_hr_bpm": _num(heart.spectral_hr_bpm, 1),
+        "hr_confidence_factors": {k: _num(v, 3) for k, v in heart.factors.items()},
+        "harmonic_corrected": bool(heart.harmonic_corrected),
+        "coverage": _num(rec.coverage, 3),
+        "usable_s": _num(rec.usable_s, 2),
+        "duration_s": _num(rec.duration_s, 2),
+        "fps": _num(rec.fps_hz, 2),
+        "frame_jitter_ms": _num(rec.frame_jitter_ms, 2),
+        "motion_level": _num(rec.motion_level, 4),
         "regions": {
             name: {
-                "snr_db": _num(a.region_snr_db[i], 2),
-                "hr_bpm": _num(a.region_hr_bpm[i], 1),
-                "method": a.region_method[i],
-                "weight": _num(a.region_weight[i], 3),
-                "coverage": _num(a.region_coverage[i], 3),
+                "snr_db": _num(a.regions.snr_db[i], 2),
+                "hr_bpm": _num(a.regions.hr_bpm[i], 1),
+                "method": a.regions.method[i],
+                "weight": _num(a.regions.weight[i], 3),
+                "coverage": _num(a.regions.coverage[i], 3),
             }
-            for i, name in enumerate(a.regions)
+            for i, name in enumerate(a.regions.names)
         },
-        "hr_track_t_s": [_num(t - a.t_s[0], 1) for t in a.track_t_s],
-        "hr_track_bpm": [_num(v, 1) for v in a.track_bpm],
-        "sdnn_ms": _num(a.sdnn_ms, 1),
-        "rmssd_ms": _num(a.rmssd_ms, 1),
-        "beats": int(a.beat_t_s.shape[0]),
-        "clean_intervals": int(a.ibi_accepted.sum()),
-        "hrv_confidence_factors": {k: _num(v, 3) for k, v in a.hrv_factors.items()},
-        "beat_template_r": _num(a.beat_template_r, 3),
-        "beat_jitter_ms": _num(a.beat_jitter_ms, 1),
+        "hr_track_t_s": [_num(t - a.pulse.t_s[0], 1) for t in heart.track_t_s],
+        "hr_track_bpm": [_num(v, 1) for v in heart.track_bpm],
+        "sdnn_ms": _num(beats.sdnn_ms, 1),
+        "rmssd_ms": _num(beats.rmssd_ms, 1),
+        "beats": int(beats.t_s.shape[0]),
+        "clean_intervals": int(beats.accepted.sum()),
+        "hrv_confidence_factors": {k: _num(v, 3) for k, v in beats.factors.items()},
+        "beat_template_r": _num(beats.template_r, 3),
+        "beat_jitter_ms": _num(beats.jitter_ms, 1),
         "respiratory_sources": [
-            {"name": n, "rr_bpm": _num(rr, 1), "quality": _num(q, 3)} for n, rr, q in a.rr_sources
+            {"name": n, "rr_bpm": _num(rr, 1), "quality": _num(q, 3)} for n, rr, q in a.breathing.sources
         ],
-        "respiratory_agreeing": list(a.rr_agreeing),
-        "ratio_of_ratios": _num(a.ratio_of_ratios, 4),
-        "spo2_basis": spo2.basis,
-        "bp_basis": bp.basis,
+        "respiratory_agreeing": list(a.breathing.agreeing),
+        "ratio_of_ratios": _num(rec.ratio_of_ratios, 4),
+        "spo2_basis": estimates["spo2"].basis,
+        "bp_basis": estimates["systolic_bp"].basis,
     }
-    return InferenceResult(vitals=vitals, quality=quality)
+    return InferenceResult(estimates=estimates, confidence=overall, quality=quality)
 
 
 def _num(value: float, digits: int) -> float | None:
