@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import struct
@@ -229,6 +228,37 @@ def test_truncated_and_garbage_rejected() -> None:
 
 
 VALID = to_bytes(make(n_frames=160, patches=False, seed=3))
+VALID_M = from_bytes(VALID)
+(_HEADER_LEN,) = struct.unpack("<Q", VALID[:8])
+DATA_START = 8 + _HEADER_LEN
+VALID_HEADER = json.loads(VALID[8:DATA_START])
+ARRAYS = ("t_s", "rgb", "skin_px", "face_box")
+
+
+def decode_or_none(data: bytes) -> Measurement | None:
+    """The decoded measurement, or None when it was rejected; any other exception fails the test."""
+    try:
+        return from_bytes(data)
+    except TensorFormatError:
+        return None
+
+
+def changed_elements(m: Measurement) -> int:
+    """How many array elements differ from VALID's (NaN equals NaN: a flipped NaN payload bit is no change)."""
+    changed = 0
+    for name in ARRAYS:
+        old, new = getattr(VALID_M, name), getattr(m, name)
+        assert new.shape == old.shape and new.dtype == old.dtype, name
+        same = (old == new) | (np.isnan(old) & np.isnan(new)) if old.dtype.kind == "f" else old == new
+        changed += int(np.count_nonzero(~same))
+    return changed
+
+
+def assert_accepted_mutation_is_harmless(m: Measurement, position: int) -> None:
+    """A mutation may only be accepted if the result is still valid v1 and changed no more than it touched:
+    in the header nothing but metadata text (no array may change), in the data one element at most."""
+    validate(m)
+    assert changed_elements(m) <= (0 if position < DATA_START else 1)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -239,7 +269,7 @@ VALID = to_bytes(make(n_frames=160, patches=False, seed=3))
         st.tuples(st.just("byte"), st.integers(0, 600), st.integers(0, 255)),
     )
 )
-def test_mutated_payloads_only_raise_format_error(mutation: tuple[str, int, int]) -> None:
+def test_mutated_payloads_are_rejected_or_harmless(mutation: tuple[str, int, int]) -> None:
     kind, position, value = mutation
     data = bytearray(VALID)
     if kind == "flip":
@@ -247,9 +277,48 @@ def test_mutated_payloads_only_raise_format_error(mutation: tuple[str, int, int]
     elif kind == "truncate":
         data = data[:position]
     else:
-        data[min(position, len(data) - 1)] = value
-    with contextlib.suppress(TensorFormatError):
-        from_bytes(bytes(data))
+        position = min(position, len(data) - 1)
+        data[position] = value
+    decoded = decode_or_none(bytes(data))
+    if kind == "truncate":
+        assert decoded is None  # a payload cut short is never accepted
+    elif decoded is not None:
+        assert_accepted_mutation_is_harmless(decoded, position)
+
+
+def _count_rejected(payloads: list[bytes]) -> int:
+    return sum(decode_or_none(p) is None for p in payloads)
+
+
+def _with_byte(position: int, value: int) -> bytes:
+    data = bytearray(VALID)
+    data[position] = value
+    return bytes(data)
+
+
+def test_mutation_sweeps_reject_what_the_rules_forbid() -> None:
+    """Exhaustive sweeps, each counted: every mutation below breaks a rule of docs/tensor-format.md."""
+    cuts = [*range(DATA_START + 16), *range(DATA_START + 16, len(VALID), 37)]
+    assert _count_rejected([VALID[:k] for k in cuts]) == len(cuts)  # every truncation
+    length_bits = [_with_byte(i // 8, VALID[i // 8] ^ (1 << (i % 8))) for i in range(64)]
+    assert _count_rejected(length_bits) == 64  # every bit of the header length
+    nul_header = [_with_byte(i, 0) for i in range(8, DATA_START)]
+    assert _count_rejected(nul_header) == _HEADER_LEN  # JSON allows no NUL byte anywhere
+    t_start = DATA_START + VALID_HEADER["t_s"]["data_offsets"][0]
+    # The sign bit of t_s[i] (the top bit of its last little-endian byte): no longer strictly increasing.
+    negative_t = [_with_byte(t_start + 8 * i + 7, VALID[t_start + 8 * i + 7] | 0x80) for i in range(1, 160)]
+    assert _count_rejected(negative_t) == 159
+    rgb_start = DATA_START + VALID_HEADER["rgb"]["data_offsets"][0]
+    present = np.flatnonzero(np.repeat(VALID_M.skin_px.reshape(-1) > 0, 3))
+    absent = np.flatnonzero(np.repeat(VALID_M.skin_px.reshape(-1) == 0, 3))
+    assert present.size > 0 and absent.size > 0
+    # A present mean with exponent bits all set (inf or NaN, or above 1e38): not finite within 0..255.
+    huge = [_with_byte(rgb_start + 4 * int(k) + 3, 0x7F) for k in present]
+    assert _count_rejected(huge) == present.size
+    # An absent region's NaN turned into the number 100.0: a mean with no skin pixels behind it.
+    offsets = [rgb_start + 4 * int(k) for k in absent]
+    one_each = [VALID[:at] + struct.pack("<f", 100.0) + VALID[at + 4 :] for at in offsets]
+    assert _count_rejected(one_each) == absent.size
 
 
 @settings(max_examples=150, deadline=None)
@@ -258,13 +327,15 @@ def test_mutated_payloads_only_raise_format_error(mutation: tuple[str, int, int]
     st.sampled_from(["F64", "F32", "F16", "I32", "I64", "U8", "BOOL"]),
     st.lists(st.integers(0, 400), min_size=0, max_size=4),
 )
-def test_dtype_and_shape_edits_only_raise_format_error(name: str, dtype: str, shape: list[int]) -> None:
+def test_dtype_and_shape_edits_are_rejected_unless_unchanged(name: str, dtype: str, shape: list[int]) -> None:
     def edit(header: dict) -> None:
         header[name]["dtype"] = dtype
         header[name]["shape"] = shape
 
-    with contextlib.suppress(TensorFormatError):
-        from_bytes(rewrite(VALID, edit))
+    decoded = decode_or_none(rewrite(VALID, edit))
+    if decoded is not None:  # each tensor has one dtype and one shape that fits T and R
+        assert (dtype, shape) == (VALID_HEADER[name]["dtype"], VALID_HEADER[name]["shape"])
+        assert changed_elements(decoded) == 0
 
 
 def test_format_module_imports_without_heavy_stack() -> None:
@@ -374,8 +445,11 @@ def test_hostile_header_mutations_only_raise_format_error(mutation: tuple[str, i
         edit = _dims(size, arg)
     else:
         edit = lambda text: text[:size] + arg + text[size:]  # noqa: E731
-    with contextlib.suppress(TensorFormatError):
-        from_bytes(header_text_payload(VALID, edit))
+    decoded = decode_or_none(header_text_payload(VALID, edit))
+    if kind != "text":  # deep nesting, a 20+ digit number, another number of dimensions: always refused
+        assert decoded is None
+    elif decoded is not None:  # text that kept the header valid (whitespace, metadata text) changed no number
+        assert_accepted_mutation_is_harmless(decoded, 8)
 
 
 # ---- one set of frame-rate limits, shared with inference (issue 12) ---------------------------------------

@@ -32,6 +32,7 @@ from transport import (
     RateLimitExceeded,
     Result,
     ResultNotPersisted,
+    RetryNotice,
     RetryPolicy,
     ServerError,
     SessionClient,
@@ -54,7 +55,8 @@ def server() -> Iterator[Backend]:
 
 @pytest.fixture(scope="module")
 def payload() -> bytes:
-    return make_payload(duration_s=12.0)
+    """20 s of traces with a 72 bpm pulse: long enough for the engine (15 s usable) to measure it."""
+    return make_payload(duration_s=20.0, hr_bpm=72.0)
 
 
 @pytest.fixture
@@ -70,9 +72,9 @@ def test_measure_runs_the_whole_workflow(client: SessionClient, proxy: FaultProx
     )
 
     assert result.status == "completed"
-    assert result.vitals is not None
-    assert 0.0 <= result.vitals.confidence <= 1.0
-    assert result.is_fallback == (result.vitals.confidence == 0.0)
+    assert result.vitals is not None and result.vitals.heart_rate is not None
+    assert not result.is_fallback and result.vitals.confidence >= 0.5  # measured, not drawn
+    assert abs(result.vitals.heart_rate - 72.0) <= 3.0
     assert isinstance(result.rate_limit, RateLimit) and result.rate_limit.limit > 0
     assert isinstance(result.usage, Usage) and result.usage.limit > 0
     assert result.raw["session_id"] == result.session_id
@@ -83,6 +85,43 @@ def test_measure_runs_the_whole_workflow(client: SessionClient, proxy: FaultProx
     assert put.body_len == len(payload)
     assert "X-API-Key" not in put.headers  # the key never goes to the (possibly third-party) upload host
     assert proxy.requests[0].headers["X-API-Key"] == client.api_key
+
+
+def test_a_payload_too_short_to_measure_comes_back_as_flagged_fallback(client: SessionClient) -> None:
+    """8 s is under the engine's 15 s minimum: the server answers fallback vitals, which must say so."""
+    result = client.measure(make_payload(duration_s=8.0))
+    assert result.status == "completed" and result.vitals is not None
+    assert result.is_fallback and result.vitals.is_fallback and result.vitals.confidence == 0.0
+
+
+def test_check_passes_with_one_get_and_a_good_key(client: SessionClient, proxy: FaultProxy) -> None:
+    client.check()
+    assert [(r.method, r.path.rsplit("/", 1)[0]) for r in proxy.requests] == [("GET", "/sdk/session/result")]
+    assert proxy.requests[0].headers["X-API-Key"] == client.api_key
+
+
+def test_check_refuses_a_bad_key_at_once(proxy: FaultProxy) -> None:
+    with SessionClient(proxy.url, "ck_test_wrong", retry=FAST) as bad, pytest.raises(ApiKeyInvalid):
+        bad.check()
+    assert len(proxy.requests) == 1  # no retry: only a new key helps
+
+
+def test_check_names_the_server_nothing_answers_at() -> None:
+    notices: list[RetryNotice] = []
+    with (
+        closed_port() as port,
+        SessionClient(f"http://127.0.0.1:{port}", "ck_test_x", retry=FAST, on_retry=notices.append) as c,
+        pytest.raises(NetworkError) as info,
+    ):
+        c.check()
+    assert notices == []  # no retries: the person is told before sitting still
+    assert info.value.message == f"no answer from http://127.0.0.1:{port}: connection refused"
+
+
+def test_check_refuses_a_url_that_is_no_sessions_api(client: SessionClient, proxy: FaultProxy) -> None:
+    proxy.plan("GET", "/sdk/session/result/", ("respond", 404, "<h1>Not Found</h1>", {}))
+    with pytest.raises(UnexpectedResponse):
+        client.check()
 
 
 def test_steps_one_by_one_and_upload_from_file(client: SessionClient, payload: bytes, tmp_path: Path) -> None:

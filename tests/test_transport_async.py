@@ -42,7 +42,8 @@ def server() -> Iterator[Backend]:
 
 @pytest.fixture(scope="module")
 def payload() -> bytes:
-    return make_payload(duration_s=8.0, seed=5)
+    """20 s at 72 bpm: long enough that the engine measures it, so both clients' vitals can be compared."""
+    return make_payload(duration_s=20.0, seed=5)
 
 
 def both(
@@ -87,9 +88,8 @@ def test_whole_workflow_matches(proxy: FaultProxy, server: Backend, payload: byt
     (sync_result, sync_log), (async_result, async_log) = both(proxy, server, [], scenario)
     assert isinstance(sync_result, Result) and isinstance(async_result, Result)
     assert sync_result.status == async_result.status == "completed"
-    assert sync_result.is_fallback == async_result.is_fallback  # same tensor, same engine
-    if not sync_result.is_fallback:  # fallback values are random draws; measured ones must agree
-        assert sync_result.vitals == async_result.vitals
+    assert not sync_result.is_fallback and not async_result.is_fallback  # measured, not random draws
+    assert sync_result.vitals == async_result.vitals  # same tensor, same engine, same numbers
     assert (
         sync_log == async_log == [("POST", "/sdk/session"), ("PUT", "/sdk/upload"), ("POST", "/sdk/session")]
     )
@@ -108,6 +108,29 @@ def test_exhausted_retries_raise_the_same_error(proxy: FaultProxy, server: Backe
     (s, s_log), (a, a_log) = both(proxy, server, faults, lambda c: c.start())
     assert isinstance(s, ServerError) and isinstance(a, ServerError)
     assert len(s_log) == len(a_log) == 4
+
+
+def test_retry_notices_match(proxy: FaultProxy, server: Backend) -> None:
+    """Both clients tell `on_retry` the same retries: attempt, policy limit and the cause in a few words."""
+    heard: list[list[str]] = [[], []]
+
+    def scenario(c: Any) -> Any:
+        c.on_retry = lambda notice: heard[isinstance(c, AsyncSessionClient)].append(str(notice))
+        return c.start()
+
+    both(proxy, server, [("POST", START, UNAVAILABLE), ("POST", START, ("drop_before",))], scenario)
+    for notices in heard:
+        assert [n.split(" in ")[0] for n in notices] == ["retrying (2/4)", "retrying (3/4)"]
+        assert notices[0].endswith(": HTTP 503 UNAVAILABLE")
+        assert notices[1].endswith(": server disconnected without sending a response")
+
+
+def test_check_matches(proxy: FaultProxy, server: Backend) -> None:
+    (s, s_log), (a, a_log) = both(proxy, server, [], lambda c: c.check())
+    assert s is None and a is None and s_log == a_log == [("GET", "/sdk/session/result")]
+    bad = ("respond", 401, {"error": "API_KEY_INVALID", "message": "bad key", "retryable": False}, {})
+    (s, _), (a, _) = both(proxy, server, [("GET", "/sdk/session/result/", bad)], lambda c: c.check())
+    assert isinstance(s, ApiKeyInvalid) and isinstance(a, ApiKeyInvalid)
 
 
 def test_errors_match(proxy: FaultProxy, server: Backend, payload: bytes) -> None:

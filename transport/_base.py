@@ -39,7 +39,7 @@ from transport._common import (
     upload_landed_status,
 )
 from transport._deadline import request_deadline
-from transport._flow import Flow, OnRetry, Send, Sleep, exchange, retrying, time_left_s
+from transport._flow import Flow, OnRetry, Send, Sleep, exchange, retrying, short_reason, time_left_s
 from transport.errors import (
     DeadlineExceeded,
     Forbidden,
@@ -357,6 +357,10 @@ class BaseSessionClient:
             yield from self._get_result_flow(PROBE_SESSION_ID, min(timeout_s, self.timeout_s))
         except (SessionNotFound, Forbidden):
             return  # the key passed authentication and the server looked for the session: all is well
+        except NetworkError as exc:  # said about the server, not about the probe's made-up session id
+            raise NetworkError(
+                f"no answer from {self.base_url}: {short_reason(exc)}", request_id=exc.request_id
+            ) from exc
 
 
 def _session_id(session: StartedSession | str) -> str:

@@ -11,6 +11,7 @@ flow by hand with no network at all.
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Generator
@@ -54,21 +55,40 @@ class RetryNotice:
     wait_s: float
     error: VitalcamError
 
-    @property
-    def reason(self) -> str:
-        """The error in a few words: "connection refused", "timed out", "HTTP 503 SERVICE_UNAVAILABLE"."""
-        error = self.error
-        if error.status is not None:
-            return f"HTTP {error.status} {error.code}"
-        cause = error.__cause__
-        if isinstance(cause, httpx.TimeoutException):
-            return "timed out"
-        text = str(cause) if cause is not None and str(cause) else error.message
-        text = re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip().rstrip(".")
-        return text[:1].lower() + text[1:80]
-
     def __str__(self) -> str:
-        return f"retrying ({self.attempt}/{self.attempts}) in {self.wait_s:.1f} s: {self.reason}"
+        return f"retrying ({self.attempt}/{self.attempts}) in {self.wait_s:.1f} s: {short_reason(self.error)}"
+
+
+def _root_os_error(error: BaseException) -> OSError | None:
+    """The innermost OSError with an errno among an error's causes, if any."""
+    found: OSError | None = None
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError) and link.errno is not None:
+            found = link
+        link = link.__cause__ or link.__context__
+    return found
+
+
+def short_reason(error: VitalcamError) -> str:
+    """An error in a few words, for a person: "connection refused", "timed out", "HTTP 503 SERVER_ERROR"."""
+    if error.status is not None:
+        return f"HTTP {error.status} {error.code}"
+    cause = error.__cause__
+    if isinstance(cause, httpx.TimeoutException):
+        return "timed out"
+    if (os_error := _root_os_error(error)) is not None:
+        # The socket's own words: the sync and async stacks wrap them differently ("[Errno 111] ...",
+        # "All connection attempts failed"), the errno is the same.
+        text = (
+            os.strerror(os_error.errno) if os_error.errno and os_error.errno > 0 else str(os_error.strerror)
+        )
+    else:
+        text = str(cause) if cause is not None and str(cause) else error.message
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip().rstrip(".")
+    return text[:1].lower() + text[1:80]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,5 +187,6 @@ __all__ = [
     "Stepper",
     "exchange",
     "retrying",
+    "short_reason",
     "time_left_s",
 ]

@@ -57,10 +57,16 @@ class VitalcamError(Exception):
         self.outbox_path: Path | None = None
 
     def __str__(self) -> str:
+        saved = f" (measurement saved to {self.outbox_path})" if self.outbox_path else ""
+        return f"{self.summary}{saved}"
+
+    @property
+    def summary(self) -> str:
+        """Code, status, message and request id: `str()` without the outbox path, for a display that
+        names the path once itself."""
         where = f" HTTP {self.status}" if self.status is not None else ""
         rid = f" [request {self.request_id}]" if self.request_id else ""
-        saved = f" (measurement saved to {self.outbox_path})" if self.outbox_path else ""
-        return f"{self.code}{where}: {self.message}{rid}{saved}"
+        return f"{self.code}{where}: {self.message}{rid}"
 
     def __repr__(self) -> str:
         return (
