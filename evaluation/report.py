@@ -196,9 +196,8 @@ img {{ max-width: 100%; }} .dim {{ color: #777; font-size: 90%; }}
 
 
 def write(results: Sequence[RecordingResult], path: Path, *, title: str, citation: str = "") -> Path:
-    """Write atomically (a failed run leaves no half report)."""
+    """Write atomically (a failed run leaves no half report); the directory must exist."""
     text = render(results, title=title, citation=citation)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".eval-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

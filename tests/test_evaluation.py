@@ -235,6 +235,13 @@ def test_vitalcam_evaluate_rejects_bad_arguments(tmp_path: Path) -> None:
     assert done.returncode == 2 and "not a directory" in done.stderr
     done = _run_evaluate(str(tmp_path), "--windows", "whole,3")
     assert done.returncode == 2 and "window 3 s is outside 5..180 s" in done.stderr
+    render_dir = tmp_path / "data" / "subject1"
+    render_dir.mkdir(parents=True)
+    (render_dir / "vid.avi").write_bytes(b"")
+    (render_dir / "ground_truth.txt").write_text("1 2\n70 70\n0 1\n")
+    done = _run_evaluate(str(tmp_path / "data"), "--report", str(tmp_path / "missing" / "r.html"))
+    assert done.returncode == 2 and "does not exist" in done.stderr and "--report" in done.stderr
+    assert not (tmp_path / "missing").exists()
 
 
 @pytest.mark.slow
