@@ -80,6 +80,22 @@ def _run_with_timeout(fn: Callable[[], T], timeout_s: float) -> tuple[bool, T | 
     return True, result[0]
 
 
+@contextlib.contextmanager
+def _opencv_quiet() -> Iterator[None]:
+    """Silence OpenCV's own log while probing devices.
+
+    A missing camera makes OpenCV print "[ WARN ...] cap_v4l.cpp ... can't open camera by index" and
+    obsensor errors straight to stderr, beside our own message that already says what was tried and
+    what to do next. The level is process-wide, so it is restored as soon as the probe returns.
+    """
+    previous = cv2.getLogLevel()
+    cv2.setLogLevel(0)  # LOG_LEVEL_SILENT
+    try:
+        yield
+    finally:
+        cv2.setLogLevel(previous)
+
+
 def backend_timestamp_trustworthy(backend: str, pos_msec: float, grab_monotonic_s: float) -> bool:
     """Whether a frame timestamp reported by the backend can replace the grab time.
 
@@ -144,7 +160,8 @@ class CameraSource:
         requested = {"width": width, "height": height, "fps": fps}
 
         def open_capture() -> tuple[cv2.VideoCapture, np.ndarray | None]:
-            cap = cv2.VideoCapture(self.device, backend)
+            with _opencv_quiet():
+                cap = cv2.VideoCapture(self.device, backend)
             if not cap.isOpened():
                 cap.release()
                 return cap, None
@@ -349,7 +366,8 @@ def list_cameras(max_index: int = 8, *, open_timeout_s: float = 3.0) -> list[Cam
             continue
 
         def probe(index: int = index) -> CameraDescription | None:
-            cap = cv2.VideoCapture(index)
+            with _opencv_quiet():
+                cap = cv2.VideoCapture(index)
             try:
                 if not cap.isOpened():
                     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -263,6 +264,7 @@ def render_face_video(
     mjpeg_quality: int = 6,
     seed: int = 0,
     ppg_path: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SyntheticTruth:
     """Render a synthetic measurement video to `path` and return its ground truth.
 
@@ -276,6 +278,7 @@ def render_face_video(
     measurement"); "mjpeg" (AVI) uses `mjpeg_quality` (the JPEG quantiser, 2 best .. 31 worst), as USB
     webcams deliver it. The truth is also written to `<path>.truth.json`; with `ppg_path`, the injected
     pulse is written there in UBFC-rPPG's ground_truth.txt layout (`write_ubfc_ground_truth`).
+    `progress(frames_done, frames_total)` is called after every frame (a render takes tens of seconds).
     """
     import av
 
@@ -370,6 +373,8 @@ def render_face_video(
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
             for packet in stream.encode(frame):
                 container.mux(packet)
+            if progress is not None:
+                progress(i + 1, n_frames)
         for packet in stream.encode():
             container.mux(packet)
     Path(f"{path}.truth.json").write_text(truth.to_json())

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from contract.limits import MIN_CAPTURE_S, MIN_USABLE_S
+
 LOW_LIGHT: Final = "LOW_LIGHT"
 OVEREXPOSED: Final = "OVEREXPOSED"
 MOTION: Final = "MOTION"
@@ -104,3 +106,41 @@ def frame_warnings(
     if jitter_known and state.interval_jitter > thresholds.max_interval_jitter:
         codes.append(FRAME_RATE_UNSTABLE)
     return [QualityWarning(code, MESSAGES[code]) for code in codes]
+
+
+# A recording this dark in at least this share of its frames failed because of the light, whatever the
+# pipeline's own reason code says (too dark a face gives no skin pixels, or no face at all).
+DARK_SHARE_CAUSE: Final = 0.3
+
+
+def shortfall_message(
+    message: str,
+    *,
+    seconds_seen: float,
+    dark_share: float,
+    replay: bool,
+    truncated: str | None = None,
+) -> str:
+    """Why a recording gave too little usable signal, naming the cause the person can act on.
+
+    The pipeline only knows how much usable signal it got; the caller knows how long the recording was,
+    how dark it was and whether the file was cut short, so the person hears "the video is 3 s long" and
+    not "hold still for longer". One minimum is quoted everywhere: the capture length the CLI accepts.
+    `truncated` completes "the file is ...", e.g. "truncated: its header says 30.0 s".
+    """
+    need = f"at least {MIN_CAPTURE_S:g} s are needed"
+    if truncated:
+        return f"the file is {truncated}, and only {seconds_seen:.1f} s could be read; {need}."
+    if seconds_seen < MIN_USABLE_S:
+        what = (
+            f"the video is {seconds_seen:.1f} s long"
+            if replay
+            else f"only {seconds_seen:.1f} s were captured"
+        )
+        return f"{what}; {need}."
+    if dark_share >= DARK_SHARE_CAUSE:
+        return (
+            f"the face is too dark in {100 * dark_share:.0f} % of the frames: add light in front of you "
+            "(a lamp or a window facing you) and measure again."
+        )
+    return message

@@ -59,6 +59,7 @@ def assert_spec_shape(body: dict) -> None:
 def test_measure_video_against_embedded_backend(face_video, env, tmp_path) -> None:
     path, truth = face_video
     report = tmp_path / "out" / "report.html"
+    report.parent.mkdir()
     done = run(["measure", "--video", str(path), "--json", "--report", str(report)], env)
     assert done.returncode == 0, done.stderr
     body = json.loads(done.stdout)
@@ -164,7 +165,7 @@ def test_exit_code_no_face(render_video, env) -> None:
     path, _ = render_video(scene="none", duration_s=20.0)
     done = run(["measure", "--video", str(path)], env)
     assert done.returncode == 4, done.stderr
-    assert "not enough usable signal" in done.stdout
+    assert "not enough usable signal" in done.stderr and not done.stdout
 
 
 def test_exit_code_bad_arguments_and_unreadable_input(env, tmp_path) -> None:
@@ -173,7 +174,7 @@ def test_exit_code_bad_arguments_and_unreadable_input(env, tmp_path) -> None:
     assert too_long.returncode == 2 and "16..180" in too_long.stderr
     assert run(["measure", "--sex", "Q"], env).returncode == 2
     missing = run(["measure", "--video", str(tmp_path / "missing.mp4")], env)
-    assert missing.returncode == 2 and "missing.mp4" in missing.stdout
+    assert missing.returncode == 2 and "missing.mp4" in missing.stderr
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video")
     assert run(["measure", "--video", str(not_video)], env).returncode == 2
@@ -183,7 +184,7 @@ def test_exit_code_bad_arguments_and_unreadable_input(env, tmp_path) -> None:
 def test_exit_code_no_camera(env) -> None:
     done = run(["measure", "--camera", "/dev/video97", "--no-preview"], env, timeout=60)
     assert done.returncode == 3, done.stderr
-    assert "/dev/video97" in done.stdout
+    assert "/dev/video97" in done.stderr
 
 
 def test_exit_code_server_failure_keeps_tensor_in_outbox_then_retry(face_video, env, tmp_path) -> None:

@@ -2,9 +2,13 @@
 
 Without --api-url every measurement runs against the embedded reference backend on 127.0.0.1.
 
+Results go to stdout; progress, notes and errors to stderr (`vitalcam measure > result.txt` still shows
+why a measurement failed).
+
 Exit codes: 0 success, 1 internal error, 2 bad arguments or unreadable input, 3 no camera,
 4 no face or quality too low, 5 server or network failure (the tensor is kept in the outbox),
-130 cancelled (Ctrl-C or q in the preview).
+6 `serve` could not start (the port is in use or may not be bound), 130 cancelled (Ctrl-C or q in
+the preview).
 """
 
 from __future__ import annotations
@@ -15,10 +19,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from contract import __version__
 from contract.limits import MAX_AGE_YEARS, MAX_CAPTURE_S, MIN_AGE_YEARS, MIN_CAPTURE_S
+
+# The CLI starts fast: rich, the pipeline and the server load only when a command needs them.
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from capture.synthetic import SyntheticTruth
+    from server import KeyInfo
+    from vitalcam.session import MeasureOptions, Outcome
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -26,6 +38,7 @@ EXIT_USAGE = 2
 EXIT_NO_CAMERA = 3
 EXIT_QUALITY = 4
 EXIT_SERVER = 5
+EXIT_SERVE_FAILED = 6  # `vitalcam serve` could not start listening; distinct from 3, "no camera"
 EXIT_CANCELLED = 130
 
 
@@ -39,12 +52,13 @@ MAX_DURATION_S = MAX_CAPTURE_S  # the tensor format's limit
 
 
 def _duration(text: str) -> float:
-    value = float(text)
-    if not MIN_DURATION_S <= value <= MAX_DURATION_S:
-        raise argparse.ArgumentTypeError(
-            f"must be {MIN_DURATION_S:g}..{MAX_DURATION_S:g} s (the least inference needs, the most a tensor holds),"
-            f" got {text}"
-        )
+    limits = f"{MIN_DURATION_S:g}..{MAX_DURATION_S:g} s (the least inference needs, the most a tensor holds)"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, {limits}; got {text!r}") from None
+    if not MIN_DURATION_S <= value <= MAX_DURATION_S:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be {limits}, got {text}")
     return value
 
 
@@ -71,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     m = commands.add_parser(
         "measure",
         help="measure vitals from a camera or a recorded video",
-        description="Measure vitals: camera 0 for 30 s by default, or replay a recorded video with --video.",
+        description=(
+            "Measure vitals: camera 0 for 30 s by default, or replay a recorded video with --video. The "
+            "result table goes to stdout; progress, hints and errors go to stderr."
+        ),
+        epilog=MEASURE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = m.add_mutually_exclusive_group()
     where.add_argument(
@@ -89,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         default=None,
         metavar="S",
-        help="seconds to capture, 16..180 (default 30 for a camera; the whole video, up to 180 s, for --video)",
+        help=(
+            f"seconds to capture, {MIN_DURATION_S:g}..{MAX_DURATION_S:g} (default 30 for a camera; the whole "
+            f"video, up to {MAX_DURATION_S:g} s, for --video)"
+        ),
     )
     m.add_argument(
         "--age",
@@ -127,7 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--report", type=Path, metavar="PATH.html", help="also write the HTML report")
 
-    s = commands.add_parser("serve", help="run the reference backend (sessions API) with uvicorn")
+    s = commands.add_parser(
+        "serve",
+        help="run the reference backend (sessions API) with uvicorn",
+        description=(
+            "Run the reference backend: the sessions API of docs/api.md with real rPPG inference, until "
+            "Ctrl-C. Create a key first with `vitalcam keys create`; a host other than loopback needs "
+            f"VITALCAM_PUBLIC_BASE_URL. Exits {EXIT_SERVE_FAILED} when it cannot listen (port in use)."
+        ),
+        epilog="example: vitalcam serve --port 8000 --data-dir ./vitalcam-data",
+    )
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument(
@@ -171,12 +202,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--outbox", type=Path, metavar="DIR", help="outbox directory (default: the user cache dir)"
     )
 
-    b = commands.add_parser("bench", help="run the benchmarks in benchmarks/ (from a source checkout)")
+    b = commands.add_parser(
+        "bench",
+        help="run the benchmarks in benchmarks/ (from a source checkout)",
+        description=(
+            "Run the throughput and accuracy benchmarks of a source checkout, one Python module each "
+            "(benchmarks/bench_NAME.py); results are printed, and described in benchmarks/README.md."
+        ),
+        epilog="example: vitalcam bench capture preprocess",
+    )
     b.add_argument(
         "names", nargs="*", help="benchmarks to run (capture, preprocess, server, inference); default all"
     )
 
-    commands.add_parser("cameras", help="list the cameras OpenCV can open")
+    commands.add_parser(
+        "cameras",
+        help="list the cameras OpenCV can open",
+        description=(
+            "List the cameras OpenCV can open (on Linux, the /dev/video* devices), with the size and frame "
+            f"rate each delivers by default. Exits {EXIT_NO_CAMERA} when there is none."
+        ),
+    )
 
     e = commands.add_parser(
         "evaluate",
@@ -206,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, metavar="N", help="recordings evaluated in parallel (default 1)"
     )
     return parser
+
+
+MEASURE_EXAMPLES = """examples:
+  vitalcam measure                                   camera 0, 30 s, preview window if a display exists
+  vitalcam measure --camera 1 --duration 45 --age 35 --sex F
+  vitalcam measure --video clip.mp4 --report report.html
+  vitalcam measure --video clip.mp4 --json > result.json
+  vitalcam measure --api-url https://vitals.example --api-key ck_live_...
+no camera? `vitalcam demo` measures a generated face video."""
 
 
 def _demo_help() -> str:
@@ -240,12 +295,28 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANCELLED
 
 
-def _console(stderr: bool = False) -> Any:
+def _console(stderr: bool = False) -> Console:
+    """stdout carries results, stderr progress, notes and errors (so a redirected result still shows why)."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    # Pipes and CI logs get a fixed wide layout instead of rich's 80-column default.
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=None if stream.isatty() else 120)
+    # A terminal gets rich's word wrapping at its width (a long line never breaks mid-word); pipes and CI
+    # logs get one line per message at a fixed width instead of rich's 80-column default.
+    tty = stream.isatty()
+    return Console(stderr=stderr, highlight=False, soft_wrap=not tty, width=None if tty else 120)
+
+
+def _report_path_problem(report: Path | None) -> str | None:
+    """Why `--report PATH` cannot be written, checked before anyone sits still for a capture."""
+    if report is None:
+        return None
+    if report.is_dir():
+        return f"--report {report}: is a directory; give a file name such as {report / 'report.html'}"
+    if not report.parent.is_dir():
+        return f"--report {report}: the directory {report.parent} does not exist (create it first)"
+    if not os.access(report.parent, os.W_OK):
+        return f"--report {report}: the directory {report.parent} is not writable"
+    return None
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -260,6 +331,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if args.api_url and not args.api_key:
         print("vitalcam measure: --api-url needs --api-key (or VITALCAM_API_KEY)", file=sys.stderr)
         return EXIT_USAGE
+    problem = _report_path_problem(args.report)
+    if problem:
+        print(f"vitalcam measure: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     replay = args.video is not None
     options = MeasureOptions(
         source=args.video if replay else args.camera,
@@ -273,14 +348,38 @@ def cmd_measure(args: argparse.Namespace) -> int:
         preview=not args.no_preview and not args.json,
         outbox_dir=args.outbox,
     )
-    code, _ = run_measurement(options, json_output=args.json, report=args.report)
+    code, outcome = run_measurement(options, json_output=args.json, report=args.report)
+    if outcome is not None and replay and args.duration is not None:
+        _say_when_the_video_was_shorter(outcome, args.duration)
     return code
 
 
+def _say_when_the_video_was_shorter(outcome: Outcome, asked_s: float) -> None:
+    """--duration beyond the end of a video measures what there is; the person should not have to guess."""
+    t_s = outcome.measurement.t_s
+    frame_s = float(t_s[-1] - t_s[0]) / max(len(t_s) - 1, 1)
+    length_s = float(t_s[-1] - t_s[0]) + frame_s
+    if asked_s > length_s + 2 * frame_s:
+        print(
+            f"Note: the video is {length_s:.1f} s long; measured all of it instead of the {asked_s:g} s asked for.",
+            file=sys.stderr,
+        )
+
+
+# What to try next, per failure: a person who has no camera needs a way forward, not only a diagnosis.
+NO_CAMERA_NEXT = (
+    "Next: `vitalcam cameras` lists the cameras OpenCV can open; `vitalcam measure --video FILE` measures "
+    "a recording; `vitalcam demo` measures a generated face video (no camera needed)."
+)
+
+
 def run_measurement(
-    options: Any, *, json_output: bool = False, report: Path | None = None
-) -> tuple[int, Any]:
-    """Run one measurement with terminal output; maps every failure to its documented exit code."""
+    options: MeasureOptions, *, json_output: bool = False, report: Path | None = None
+) -> tuple[int, Outcome | None]:
+    """Run one measurement with terminal output; maps every failure to its documented exit code.
+
+    Progress and errors go to stderr, the result to stdout (or, with `json_output`, only the JSON).
+    """
     from capture import CameraNotFound, CaptureError
     from contract.tensor import TensorFormatError
     from preprocess import QualityTooLow
@@ -289,66 +388,75 @@ def run_measurement(
     from vitalcam.session import Cancelled, NotReady, measure
 
     # Checked in order: CameraNotFound is a CaptureError, so it must come first.
-    failures: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
-        (Cancelled, EXIT_CANCELLED, "cancelled:"),
-        (CameraNotFound, EXIT_NO_CAMERA, "[red]no camera:[/red]"),
-        ((QualityTooLow, NotReady), EXIT_QUALITY, "[red]not enough usable signal:[/red]"),
+    failures: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str, str], ...] = (
+        (Cancelled, EXIT_CANCELLED, "cancelled:", ""),
+        (CameraNotFound, EXIT_NO_CAMERA, "[red]no camera:[/red]", NO_CAMERA_NEXT),
+        ((QualityTooLow, NotReady), EXIT_QUALITY, "[red]not enough usable signal:[/red]", ""),
         (
             (CaptureError, TensorFormatError, FileNotFoundError),
             EXIT_USAGE,
             "[red]cannot read the input:[/red]",
+            "",
         ),
-        (VitalcamError, EXIT_SERVER, "[red]server or network failure:[/red]"),
+        (VitalcamError, EXIT_SERVER, "[red]server or network failure:[/red]", ""),
     )
-    console = _console(stderr=json_output)
-    printer = progress_printer(console)
-    failure: tuple[int, str, BaseException] | None = None
+    errors = _console(stderr=True)
+    printer = progress_printer(errors)
+    failure: tuple[int, str, str, BaseException] | None = None
     try:
         outcome = measure(options, on_event=printer)
     except Exception as exc:
-        code, label = next(((c, lab) for types, c, lab in failures if isinstance(exc, types)), (None, ""))
-        if code is None:
+        matched = next(((c, lab, nxt) for types, c, lab, nxt in failures if isinstance(exc, types)), None)
+        if matched is None:
             raise
-        failure = (code, label, exc)
+        failure = (*matched, exc)
     finally:
         printer.close()
     if failure is not None:
-        code, label, exc = failure
-        console.print(f"{label} {exc}")
-        outbox_path = getattr(exc, "outbox_path", None)
+        code, label, next_step, error = failure
+        errors.print(f"{label} {error}")
+        outbox_path = getattr(error, "outbox_path", None)
         if outbox_path:
-            console.print(
+            errors.print(
                 f"The measurement is kept at {outbox_path}; run `vitalcam retry` to upload it again."
             )
+        if next_step:
+            errors.print(next_step)
         return code, None
     if json_output:
         print(json.dumps(outcome.result.raw, indent=2))
     else:
-        print_result(console, outcome)
+        print_result(_console(), outcome)
     if report is not None:
         from vitalcam.report import write_report
 
         write_report(outcome, report)
-        console.print(f"Report written to {report}")
+        errors.print(f"Report written to {report}")
     return EXIT_OK, outcome
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from vitalcam.console import render_progress
     from vitalcam.demo import cache_dir, demo_video
     from vitalcam.session import MeasureOptions
 
-    console = _console()
-    console.print(f"Demo video cache: {cache_dir()}")
-    path, truth, rendered = demo_video()
-    console.print(("Rendered" if rendered else "Using cached") + f" demo video {path}")
+    problem = _report_path_problem(args.report)
+    if problem:
+        print(f"vitalcam demo: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    errors = _console(stderr=True)
+    errors.print(f"Demo video cache: {cache_dir()}")
+    with render_progress(errors, "Rendering the demo video (once; cached afterwards)") as progress:
+        path, truth, rendered = demo_video(progress=progress)
+    errors.print(("Rendered" if rendered else "Using cached") + f" demo video {path}")
     options = MeasureOptions(source=path, replay=True, duration_s=None, preview=False)
     code, outcome = run_measurement(options, report=args.report)
     if outcome is None:
         return code
-    return EXIT_OK if _print_demo_comparison(console, outcome, truth) else EXIT_QUALITY
+    return EXIT_OK if _print_demo_comparison(_console(), outcome, truth) else EXIT_QUALITY
 
 
-def _print_demo_comparison(console: Any, outcome: Any, truth: Any) -> bool:
+def _print_demo_comparison(console: Console, outcome: Outcome, truth: SyntheticTruth) -> bool:
     """Print measured against true values; True when the heart rate is within 3 bpm of the truth."""
     from rich.table import Table
 
@@ -364,9 +472,12 @@ def _print_demo_comparison(console: Any, outcome: Any, truth: Any) -> bool:
         ("HRV SDNN (ms)", vitals.hrv, truth.sdnn_ms),
     )
     for label, measured, true in pairs:
-        table.add_row(label, f"{measured:.1f}", f"{true:.1f}", f"{measured - true:+.1f}")
+        if measured is None:
+            table.add_row(label, "-", f"{true:.1f}", "-")
+        else:
+            table.add_row(label, f"{measured:.1f}", f"{true:.1f}", f"{measured - true:+.1f}")
     console.print(table)
-    return abs(vitals.heart_rate - truth.hr_bpm) <= 3.0
+    return vitals.heart_rate is not None and abs(vitals.heart_rate - truth.hr_bpm) <= 3.0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -386,6 +497,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (UnsafeBindError, ValueError) as exc:
         print(f"vitalcam serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except SystemExit as exc:  # uvicorn could not start; it has logged why (usually the port is taken)
+        if exc.code in (None, 0):
+            return EXIT_OK
+        print(
+            f"vitalcam serve: could not listen on {args.host}:{args.port} (see the error above; a port "
+            "in use is the usual cause): stop the other server or choose another --port",
+            file=sys.stderr,
+        )
+        return EXIT_SERVE_FAILED
     return EXIT_OK
 
 
@@ -434,8 +554,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     elif args.keys_command == "revoke":
         try:
             revoke_key(data_dir, args.key_id)
-        except (KeyError, LookupError) as exc:
-            print(f"vitalcam keys revoke: {exc}", file=sys.stderr)
+        except LookupError as exc:  # KeyError's str() quotes its message; show the message itself
+            reason = exc.args[0] if exc.args else exc
+            print(f"vitalcam keys revoke: {reason}; `vitalcam keys list` shows the key ids", file=sys.stderr)
             return EXIT_USAGE
         print(f"revoked {args.key_id}")
     else:
@@ -447,7 +568,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _describe_key(info: Any) -> str:
+def _describe_key(info: KeyInfo) -> str:
     """One line per key: id, developer, mode, created date and status (never the secret)."""
     from datetime import UTC, datetime
 
@@ -501,7 +622,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(
-            f"vitalcam bench: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}"
+            f"vitalcam bench: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
         )
         return EXIT_USAGE
     status = EXIT_OK
@@ -517,7 +639,11 @@ def cmd_cameras(args: argparse.Namespace) -> int:
 
     cameras = list_cameras()
     if not cameras:
-        print("no cameras found (OpenCV could not open any /dev/video* device or index 0..7)")
+        print(
+            "no cameras found (OpenCV could not open any /dev/video* device or index 0..7). "
+            + NO_CAMERA_NEXT.replace("`vitalcam cameras` lists the cameras OpenCV can open; ", ""),
+            file=sys.stderr,
+        )
         return EXIT_NO_CAMERA
     for camera in cameras:
         print(camera)

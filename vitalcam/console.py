@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Any, ClassVar, TextIO
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -12,6 +14,9 @@ from rich.table import Table
 from contract.limits import RELIABLE_CONFIDENCE
 from contract.vitals import VITALS
 from vitalcam.session import Event, Outcome, Phase
+
+if TYPE_CHECKING:
+    from transport import Result
 
 # Below RELIABLE_CONFIDENCE a "measured" vital is shown as unreliable rather than as a reading, when the
 # server does not say itself (the reference backend sends quality.reliable).
@@ -22,7 +27,7 @@ KIND_STYLES = {"measured": "green", "prior": "yellow", "unreliable": "magenta", 
 class PlainLog:
     """One line per phase change and per 10 % of progress: readable in CI logs and pipes."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stderr
         self._last: tuple[Phase, int] | None = None
         self._last_hints: tuple[str, ...] = ()
@@ -66,9 +71,14 @@ class RichProgress:
         self.progress.start()
 
     def __call__(self, event: Event) -> None:
-        if event.phase in (Phase.INITIALIZING, Phase.DONE):
-            if event.phase is Phase.INITIALIZING:
-                self.progress.console.print(f"[dim]{event.message}[/dim]")
+        if event.phase is Phase.INITIALIZING:
+            self.progress.console.print(f"[dim]{event.message}[/dim]")
+            return
+        if event.phase is Phase.DONE:  # every bar ends full, with nothing left to estimate
+            for task in self.tasks.values():
+                self.progress.update(task, completed=100)
+            if Phase.PROCESSING in self.tasks:
+                self.progress.update(self.tasks[Phase.PROCESSING], detail="done")
             return
         if event.phase not in self.tasks:
             for task in self.tasks.values():
@@ -79,6 +89,9 @@ class RichProgress:
             detail = f"pulse ~{event.pulse_bpm:.0f} bpm  {detail}"
         if event.bytes_total:
             detail = f"{event.bytes_sent or 0:,}/{event.bytes_total:,} bytes"
+        if event.percent is None and event.phase is Phase.PROCESSING:
+            self.progress.update(self.tasks[event.phase], detail=detail)  # no percentage to show yet
+            return
         self.progress.update(self.tasks[event.phase], completed=event.percent or 0, detail=detail)
 
     def close(self) -> None:
@@ -159,18 +172,93 @@ def evaluation_progress(console: Console, names: list[str], *, baseline: bool) -
     return EvaluationProgress(console, names, baseline=baseline)
 
 
-def vital_rows(result: Any) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def render_progress(console: Console, description: str) -> Iterator[Callable[[int, int], None]]:
+    """A `progress(done, total)` callback for long local work (rendering the demo video).
+
+    Nothing is shown until the first call, so a step that turns out to be cached prints no empty bar; a
+    terminal gets a bar with the time left, a pipe one line per 10 %.
+    """
+    bar: Progress | None = None
+    task: TaskID | None = None
+    last_step = -1
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar, task, last_step
+        if not console.is_terminal:
+            step = 10 * done // max(total, 1)
+            if step != last_step:
+                last_step = step
+                print(f"{description}: {10 * step} %", file=console.file, flush=True)
+            return
+        if bar is None:
+            bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>5.1f}%"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            bar.start()
+            task = bar.add_task(description, total=total)
+        assert task is not None
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+Kind = Literal["measured", "prior", "unreliable", "fallback"]
+
+
+class VitalRow(TypedDict):
+    """One vital as every display shows it: the number, and what kind of number it is."""
+
+    key: str
+    label: str
+    value: float | None
+    unit: str
+    confidence: float | None
+    kind: str  # the words shown, e.g. "prior (not measured by the camera)"
+    kind_code: Kind
+    value_text: str
+    confidence_text: str
+
+
+def _numbers(value: object) -> dict[str, float]:
+    """A {vital: number} map from the server's `quality` extras; anything else in it is ignored."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(k): float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _texts(value: object) -> dict[str, str]:
+    return {str(k): v for k, v in value.items() if isinstance(v, str)} if isinstance(value, Mapping) else {}
+
+
+def _flags(value: object) -> dict[str, bool]:
+    return {str(k): v for k, v in value.items() if isinstance(v, bool)} if isinstance(value, Mapping) else {}
+
+
+def vital_rows(result: Result) -> list[VitalRow]:
     """The result as rows: value, unit, per-vital confidence, and what kind of number it is."""
-    quality = result.quality or {}
-    confidences = quality.get("confidence") or {}
-    sources = quality.get("source") or {}
-    reliable = quality.get("reliable") or {}
-    rows = []
+    quality: Mapping[str, object] = result.quality or {}
+    confidences = _numbers(quality.get("confidence"))
+    sources = _texts(quality.get("source"))
+    reliable = _flags(quality.get("reliable"))
+    rows: list[VitalRow] = []
     for key, label, unit in ((v.key, v.label, v.unit) for v in VITALS):
-        value = getattr(result.vitals, key, None) if result.vitals is not None else None
+        raw = getattr(result.vitals, key, None) if result.vitals is not None else None
+        value = float(raw) if isinstance(raw, int | float) else None
         confidence = confidences.get(key, 0.0 if result.is_fallback else None)
         source = sources.get(key, "measured")
         trusted = reliable.get(key, confidence is None or confidence >= RELIABLE_CONFIDENCE)
+        kind: Kind
         if result.is_fallback:
             kind, kind_text = "fallback", "fallback (not a measurement)"
         elif source == "prior":
@@ -183,22 +271,22 @@ def vital_rows(result: Any) -> list[dict[str, Any]]:
         if kind == "unreliable" and value is not None:
             value_text = f"({value:g}?)"  # a number the eye must not take for a reading
         rows.append(
-            {
-                "key": key,
-                "label": label,
-                "value": value,
-                "unit": unit,
-                "confidence": confidence,
-                "kind": kind_text,
-                "kind_code": kind,
-                "value_text": value_text,
-                "confidence_text": "-" if confidence is None else f"{confidence:.2f}",
-            }
+            VitalRow(
+                key=key,
+                label=label,
+                value=value,
+                unit=unit,
+                confidence=confidence,
+                kind=kind_text,
+                kind_code=kind,
+                value_text=value_text,
+                confidence_text="-" if confidence is None else f"{confidence:.2f}",
+            )
         )
     return rows
 
 
-def quality_warnings(result: Any) -> list[str]:
+def quality_warnings(result: Result) -> list[str]:
     """The server's warnings about this measurement (e.g. COMPRESSED_VIDEO), as messages."""
     warnings = (result.quality or {}).get("warnings") or []
     return [str(w.get("message") or w.get("code")) for w in warnings if isinstance(w, dict)]
@@ -242,7 +330,7 @@ def print_result(console: Console, outcome: Outcome) -> None:
             "[bold magenta]UNRELIABLE:[/bold magenta] the heart rate could not be measured with confidence; "
             "the number in parentheses is the strongest candidate, not a reading."
         )
-    for message in quality_warnings(result):
+    for message in (*outcome.notes, *quality_warnings(result)):
         console.print(f"[yellow]Note:[/yellow] {message}")
     vitals = result.vitals
     overall = vitals.confidence if vitals is not None else 0.0

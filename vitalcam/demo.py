@@ -7,6 +7,7 @@ scikit-image and cached, then replayed through the same pipeline and embedded ba
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from capture.synthetic import SyntheticTruth, render_face_video
@@ -20,15 +21,20 @@ def cache_dir() -> Path:
     return Path(base) / "vitalcam" / "demo"
 
 
-def demo_video(directory: Path | None = None) -> tuple[Path, SyntheticTruth, bool]:
-    """The cached demo video and its truth, rendering it first if needed (returns whether it was rendered)."""
+def demo_video(
+    directory: Path | None = None, progress: Callable[[int, int], None] | None = None
+) -> tuple[Path, SyntheticTruth, bool]:
+    """The cached demo video and its truth, rendering it first if needed (returns whether it was rendered).
+
+    `progress(frames_done, frames_total)` follows a render, which takes about half a minute.
+    """
     directory = directory or cache_dir()
     path = directory / DEMO_VIDEO_NAME
     truth_path = Path(f"{path}.truth.json")
     if path.exists() and truth_path.exists():
         return path, SyntheticTruth.from_json(truth_path.read_text()), False
     tmp = directory / f".{DEMO_VIDEO_NAME}.partial.mp4"
-    truth = render_face_video(tmp, **DEMO_SETTINGS)
+    truth = render_face_video(tmp, **DEMO_SETTINGS, progress=progress)
     Path(f"{tmp}.truth.json").replace(truth_path)
     tmp.replace(path)
     return path, truth, True

@@ -12,9 +12,10 @@ import html
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,22 +24,49 @@ from contract.limits import RELIABLE_CONFIDENCE
 from vitalcam.console import privacy_summary, quality_warnings, vital_rows
 from vitalcam.session import Outcome
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from preprocess.quality import QualityThresholds
+
 SECTIONS = ("Pulse waveform", "Pulse spectrum", "Heart-rate track", "Breathing signal", "Quality timeline")
 
 
-def _figure_png(fig: Any) -> str:
+def _figure_png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _legend_outside(ax: Axes) -> None:
+    """The legend to the right of the plot, where it can never cover a data point."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
 def _plots(outcome: Outcome) -> tuple[dict[str, str], str]:
     """Section title -> base64 PNG, and why the signal plots are missing when the engine could not analyse."""
+    from matplotlib import pyplot as plt
+
+    figures, failure = report_figures(outcome)
+    images = {}
+    for title, fig in figures.items():
+        images[title] = _figure_png(fig)
+        plt.close(fig)
+    return images, failure
+
+
+def report_figures(outcome: Outcome) -> tuple[dict[str, Figure], str]:
+    """Section title -> matplotlib figure (the caller closes them), and why signal plots are missing.
+
+    Every axis has a label with its unit and carries one quantity; legends sit outside the data.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    from preprocess.quality import QualityThresholds
     from server.inference import InferenceFailed, analyze
 
     failure = ""
@@ -47,64 +75,100 @@ def _plots(outcome: Outcome) -> tuple[dict[str, str], str]:
     except InferenceFailed as exc:
         analysis = None
         failure = str(exc)
-    images: dict[str, str] = {}
+    figures: dict[str, Figure] = {}
 
-    def plot(title: str, draw: Any, height_in: float = 2.4) -> None:
+    def plot(title: str, draw: Callable[[Axes], None], height_in: float = 2.4) -> None:
         fig, ax = plt.subplots(figsize=(9, height_in))
         draw(ax)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        images[title] = _figure_png(fig)
-        plt.close(fig)
+        figures[title] = fig
 
     if analysis is not None:
+        trusted = analysis.confidence["heart_rate"] >= RELIABLE_CONFIDENCE
+        hr_label = (
+            f"heart rate {analysis.heart.hr_bpm:.1f} bpm"
+            if trusted
+            else f"strongest peak {analysis.heart.hr_bpm:.1f} bpm (UNRELIABLE)"
+        )
+        hr_colour = "crimson" if trusted else "purple"
 
-        def pulse(ax: Any) -> None:
-            ax.plot(analysis.t_s, analysis.pulse, lw=0.8, color="crimson")
-            beats = np.asarray(analysis.beat_t_s)
+        def pulse(ax: Axes) -> None:
+            ax.plot(analysis.pulse.t_s, analysis.pulse.signal, lw=0.8, color="crimson", label="pulse (POS)")
+            beats = np.asarray(analysis.beats.t_s)
             if beats.size:
                 ax.plot(
-                    beats, np.interp(beats, analysis.t_s, analysis.pulse), "k.", ms=4, label="detected beats"
+                    beats,
+                    np.interp(beats, analysis.pulse.t_s, analysis.pulse.signal),
+                    "k.",
+                    ms=4,
+                    label="detected beats",
                 )
-                ax.legend(loc="upper right")
             ax.set_xlabel("time (s)")
+            ax.set_ylabel("pulse (std. dev.)")
+            _legend_outside(ax)
 
-        def spectrum(ax: Any) -> None:
-            ax.plot(analysis.freq_bpm, analysis.power, color="navy")
-            trusted = analysis.confidence["heart_rate"] >= RELIABLE_CONFIDENCE
-            label = (
-                f"HR {analysis.hr_bpm:.1f} bpm" if trusted else f"peak {analysis.hr_bpm:.1f} bpm (unreliable)"
-            )
-            ax.axvline(analysis.hr_bpm, color="crimson" if trusted else "purple", ls="--", label=label)
+        def spectrum(ax: Axes) -> None:
+            ax.plot(analysis.spectrum.freq_bpm, analysis.spectrum.power, color="navy", label="pulse spectrum")
+            ax.axvline(analysis.heart.hr_bpm, color=hr_colour, ls="--", label=hr_label)
             ax.set_xlabel("frequency (beats/min)")
+            ax.set_ylabel("power (relative, peak = 1)")
             ax.set_xlim(30, 220)
-            ax.legend(loc="upper right")
+            _legend_outside(ax)
 
-        def track(ax: Any) -> None:
-            ax.plot(analysis.track_t_s, analysis.track_bpm, "o-", ms=3)
-            ax.axhline(analysis.hr_bpm, color="crimson", ls="--")
+        def track(ax: Axes) -> None:
+            ax.plot(analysis.heart.track_t_s, analysis.heart.track_bpm, "o-", ms=3, label="10 s windows")
+            ax.axhline(analysis.heart.hr_bpm, color=hr_colour, ls="--", label=hr_label)
             ax.set_xlabel("window centre (s)")
-            ax.set_ylabel("bpm")
+            ax.set_ylabel("heart rate (bpm)")
+            _legend_outside(ax)
 
-        def breathing(ax: Any) -> None:
-            ax.plot(analysis.t_s, analysis.breathing, color="teal")
+        def breathing(ax: Axes) -> None:
+            ax.plot(
+                analysis.pulse.t_s,
+                analysis.breathing.signal,
+                color="teal",
+                label=f"{analysis.breathing.rr_bpm:.0f} breaths/min",
+            )
             ax.set_xlabel("time (s)")
+            ax.set_ylabel("breathing (a.u.)")
+            _legend_outside(ax)
 
         plot("Pulse waveform", pulse)
         plot("Pulse spectrum", spectrum)
         plot("Heart-rate track", track)
         plot("Breathing signal", breathing)
+    figures["Quality timeline"] = _quality_figure(outcome, QualityThresholds())
+    return figures, failure
+
+
+def _quality_figure(outcome: Outcome, thresholds: QualityThresholds) -> Figure:
+    """Face presence, brightness and face speed on three axes over one time axis: their scales differ by
+    orders of magnitude, so sharing an axis flattened every line but the largest."""
+    from matplotlib import pyplot as plt
+
     timeline = outcome.timeline
-
-    def quality(ax: Any) -> None:
-        ax.plot(timeline.t_s, timeline.brightness, label="brightness (0..255)", color="orange")
-        ax.plot(timeline.t_s, 100 * timeline.face_present, label="face present (x100)", color="green")
-        ax.plot(timeline.t_s, timeline.face_speed, label="face speed (face widths/s)", color="purple")
-        ax.set_xlabel("time (s)")
-        ax.legend(loc="upper right", fontsize=8)
-
-    plot("Quality timeline", quality, height_in=2.8)
-    return images, failure
+    fig, (face_ax, light_ax, motion_ax) = plt.subplots(3, 1, figsize=(9, 4.2), sharex=True)
+    face_ax.step(
+        timeline.t_s, timeline.face_present.astype(float), where="post", color="green", label="face found"
+    )
+    face_ax.set_ylim(-0.1, 1.1)
+    face_ax.set_yticks([0, 1], ["no", "yes"])
+    face_ax.set_ylabel("face found")
+    face_ax.set_title("Quality timeline")
+    light_ax.plot(timeline.t_s, timeline.brightness, color="orange", label="face brightness")
+    light_ax.axhline(thresholds.low_light_luma, color="grey", ls="--", label="too dark below")
+    light_ax.set_ylabel("brightness\n(luma 0-255)")
+    motion_ax.plot(timeline.t_s, timeline.face_speed, color="purple", label="face speed")
+    motion_ax.axhline(
+        thresholds.motion_face_widths_per_s, color="grey", ls="--", label="too much motion above"
+    )
+    motion_ax.set_ylabel("speed\n(face widths/s)")
+    motion_ax.set_xlabel("time (s)")
+    for ax in (face_ax, light_ax, motion_ax):
+        ax.grid(alpha=0.3)
+        _legend_outside(ax)
+    return fig
 
 
 def render_report(outcome: Outcome) -> str:
@@ -130,7 +194,9 @@ def render_report(outcome: Outcome) -> str:
             f"(confidence {html.escape(hr_row['confidence_text'])}). The value shown in parentheses is the "
             "strongest candidate in the signal, not a reading; the plots below show why.</p>"
         )
-    banner += "".join(f'<p class="note">Note: {html.escape(m)}</p>' for m in quality_warnings(result))
+    banner += "".join(
+        f'<p class="note">Note: {html.escape(m)}</p>' for m in (*outcome.notes, *quality_warnings(result))
+    )
     if result.is_fallback:
         quality = result.quality or {}
         banner = (
@@ -172,9 +238,13 @@ per-camera calibration. Not a medical device.</p></section>
 
 
 def write_report(outcome: Outcome, path: Path) -> Path:
-    """Write atomically, so a cancelled or failed run never leaves half a report behind."""
+    """Write atomically, so a cancelled or failed run never leaves half a report behind.
+
+    The directory must exist: a mistyped path is an error, not a new directory tree.
+    """
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write the report {path}: the directory {path.parent} does not exist")
     text = render_report(outcome)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -84,6 +84,7 @@ class Outcome:
     api_url: str
     embedded: bool
     dropped_frames: int
+    notes: tuple[str, ...] = ()  # what the person should know about the input (a truncated file, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +138,9 @@ def iter_measurement(options: MeasureOptions) -> Iterator[Event]:
         # A replay may end before the requested duration: progress runs to whichever comes first.
         spans_s = [s for s in (options.duration_s, getattr(source.info, "duration_s", None)) if s]
         span_s = min(spans_s) if spans_s else None
-        measurement, timeline = yield from _record(recorder, frames, options, preview, span_s)
+        measurement, timeline, notes = yield from _record(recorder, frames, options, preview, span_s)
         dropped = int(getattr(source, "dropped", 0)) - dropped_before
-    yield from _send(measurement, timeline, options, dropped)
+    yield from _send(measurement, timeline, options, dropped, notes)
 
 
 def _open(open_source: Callable[..., FrameSource], options: MeasureOptions) -> FrameSource:
@@ -199,32 +200,62 @@ def _record(
     options: MeasureOptions,
     preview: Preview | None,
     span_s: float | None,
-) -> Generator[Event, None, tuple[Measurement, QualityTimeline]]:
+) -> Generator[Event, None, tuple[Measurement, QualityTimeline, tuple[str, ...]]]:
+    """Capture until the duration, the end of a replay, or the last good frame of a damaged file.
+
+    A truncated file is measured on what could be read, and says so; when that is too little, the error
+    names the real cause (length, light, truncation) from the frames seen here.
+    """
+    from capture import VideoFileError
+    from preprocess import QualityTooLow
+    from preprocess.quality import shortfall_message
+
     duration_s = options.duration_s
+    truncated: str | None = None
     t0: float | None = None
     t_list: list[float] = []
     face: list[bool] = []
     brightness: list[float] = []
     speed: list[float] = []
     last_percent = -1.0
-    for frame in frames:
-        t0 = frame.t_s if t0 is None else t0
-        elapsed_s = frame.t_s - t0
-        if duration_s is not None and elapsed_s > duration_s:
-            break
-        features = pre.push(frame)
-        q = features.quality
-        t_list.append(elapsed_s)
-        face.append(bool(q.face_present))
-        brightness.append(float(q.brightness_luma))
-        speed.append(float(q.face_speed_widths_per_s))
-        hints = tuple(w.message for w in features.warnings)
-        percent = min(100.0, 100.0 * elapsed_s / span_s) if span_s else None
-        _show(preview, frame, features, hints, percent, Phase.CAPTURING)
-        if percent is None or percent - last_percent >= 0.5 or hints:
-            last_percent = percent if percent is not None else last_percent
-            yield Event(Phase.CAPTURING, percent, hints=hints, pulse_bpm=features.pulse_bpm_preview)
-    measurement = pre.finish()
+    try:
+        for frame in frames:
+            t0 = frame.t_s if t0 is None else t0
+            elapsed_s = frame.t_s - t0
+            if duration_s is not None and elapsed_s > duration_s:
+                break
+            features = pre.push(frame)
+            q = features.quality
+            t_list.append(elapsed_s)
+            face.append(bool(q.face_present))
+            brightness.append(float(q.brightness_luma))
+            speed.append(float(q.face_speed_widths_per_s))
+            hints = tuple(w.message for w in features.warnings)
+            percent = min(100.0, 100.0 * elapsed_s / span_s) if span_s else None
+            _show(preview, frame, features, hints, percent, Phase.CAPTURING)
+            if percent is None or percent - last_percent >= 0.5 or hints:
+                last_percent = percent if percent is not None else last_percent
+                yield Event(Phase.CAPTURING, percent, hints=hints, pulse_bpm=features.pulse_bpm_preview)
+    except VideoFileError as exc:
+        if not t_list:
+            raise
+        truncated = exc.problem  # the frames before the damage are good: measure them
+    seen_s = _seconds_seen(t_list)
+    if truncated is None and options.replay and span_s and seen_s + 0.5 < span_s:
+        # A cut-off file can end like a complete one; its header still says how long it was meant to be.
+        truncated = f"truncated: its header says {span_s:.1f} s"
+    try:
+        measurement = pre.finish()
+    except QualityTooLow as exc:
+        dark_luma = pre.config.thresholds.low_light_luma
+        dark_share = float(np.mean(np.asarray(brightness) < dark_luma)) if brightness else 0.0
+        message = shortfall_message(
+            str(exc), seconds_seen=seen_s, dark_share=dark_share, replay=options.replay, truncated=truncated
+        )
+        raise QualityTooLow(exc.reason, message) from exc
+    notes: tuple[str, ...] = ()
+    if truncated is not None:
+        notes = (f"the file is {truncated}, and only {seen_s:.1f} s could be read: measured those.",)
     timeline = QualityTimeline(
         t_s=np.asarray(t_list),
         face_present=np.asarray(face),
@@ -232,7 +263,14 @@ def _record(
         face_speed=np.asarray(speed),
     )
     yield Event(Phase.CAPTURING, 100.0, message=f"captured {measurement.n_frames} frames")
-    return measurement, timeline
+    return measurement, timeline, notes
+
+
+def _seconds_seen(t_s: list[float]) -> float:
+    """How long the frames cover, counting the last frame's own interval (30 frames at 30 fps are 1 s)."""
+    if len(t_s) < 2:
+        return 0.0
+    return t_s[-1] - t_s[0] + (t_s[-1] - t_s[0]) / (len(t_s) - 1)
 
 
 def _show(
@@ -296,7 +334,11 @@ def _serialise(measurement: Measurement) -> tuple[bytes, Measurement, str]:
 
 
 def _send(
-    measurement: Measurement, timeline: QualityTimeline, options: MeasureOptions, dropped: int
+    measurement: Measurement,
+    timeline: QualityTimeline,
+    options: MeasureOptions,
+    dropped: int,
+    notes: tuple[str, ...] = (),
 ) -> Iterator[Event]:
     from transport import Demographics, Outbox
 
@@ -350,6 +392,7 @@ def _send(
             api_url=api_url,
             embedded=embedded,
             dropped_frames=dropped,
+            notes=notes,
         )
     yield Event(Phase.DONE, 100.0, outcome=outcome)
 
