@@ -227,6 +227,15 @@ def test_every_error_code_maps_to_its_exception(
     assert err.request_id == "req-123"
 
 
+def test_a_code_the_shared_table_calls_permanent_is_not_retried(proxy: FaultProxy, server: Backend) -> None:
+    """SERVER_MISCONFIGURED (contract/errors.py: 500, not retryable) without a `retryable` in the body."""
+    body = {"error": "SERVER_MISCONFIGURED", "message": "no public base URL"}
+    proxy.plan("POST", "/sdk/session/start", *[("respond", 500, body, {})] * 4)
+    with SessionClient(proxy.url, server.api_key, retry=FAST) as c, pytest.raises(ServerError) as info:
+        c.start()
+    assert not info.value.retryable and proxy.count("POST", "/sdk/session/start") == 1
+
+
 @pytest.mark.parametrize(
     ("status", "body", "cls"),
     [

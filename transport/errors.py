@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from contract import errors as codes
 from transport._json import parse_json
 
 _SNIPPET_CHARS = 200
@@ -78,32 +79,32 @@ class VitalcamError(Exception):
 class InvalidRequest(VitalcamError):
     """400: missing session_id, bad demographics or a tensor the server rejected (message names the field)."""
 
-    default_code = "INVALID_REQUEST"
+    default_code = codes.INVALID_REQUEST.code
     replayable = False
 
 
 class PayloadTooLarge(InvalidRequest):
     """413 on the upload: the tensor exceeds the server's size limit (64 MiB for format v1)."""
 
-    default_code = "PAYLOAD_TOO_LARGE"
+    default_code = codes.PAYLOAD_TOO_LARGE.code
 
 
 class ApiKeyInvalid(VitalcamError):
     """401: the API key is invalid, revoked or missing. Not retried: only a new key helps."""
 
-    default_code = "API_KEY_INVALID"
+    default_code = codes.API_KEY_INVALID.code
 
 
 class Forbidden(VitalcamError):
     """403: the session belongs to another developer (or the key may not use it)."""
 
-    default_code = "FORBIDDEN"
+    default_code = codes.FORBIDDEN.code
 
 
 class SessionNotFound(VitalcamError):
     """404: no such session id."""
 
-    default_code = "SESSION_NOT_FOUND"
+    default_code = codes.SESSION_NOT_FOUND.code
 
 
 class ResultNotPersisted(SessionNotFound):
@@ -120,20 +121,20 @@ class ResultNotPersisted(SessionNotFound):
 class RateLimitExceeded(VitalcamError):
     """429: hourly rate limit hit; retried after `retry_after_s` (from Retry-After) within the policy."""
 
-    default_code = "RATE_LIMIT_EXCEEDED"
-    default_retryable = True
+    default_code = codes.RATE_LIMIT_EXCEEDED.code
+    default_retryable = codes.RATE_LIMIT_EXCEEDED.retryable
 
 
 class QuotaExceeded(VitalcamError):
     """429: monthly scan quota used up. Not retried: it will not reset within any sensible retry window."""
 
-    default_code = "QUOTA_EXCEEDED"
+    default_code = codes.QUOTA_EXCEEDED.code
 
 
 class SessionExpired(VitalcamError):
     """The session timed out (30 min after creation) before completing; start a new session."""
 
-    default_code = "SESSION_EXPIRED"
+    default_code = codes.SESSION_EXPIRED.code
 
 
 class UploadUrlExpired(SessionExpired):
@@ -198,16 +199,17 @@ class DeadlineExceeded(NetworkError):
     default_code = "DEADLINE_EXCEEDED"
 
 
+# The API's codes (contract/errors.py, shared with the server) that have a class of their own.
 ERROR_CLASSES: dict[str, type[VitalcamError]] = {
-    "INVALID_REQUEST": InvalidRequest,
-    "PAYLOAD_TOO_LARGE": PayloadTooLarge,
-    "API_KEY_INVALID": ApiKeyInvalid,
-    "FORBIDDEN": Forbidden,
-    "SESSION_NOT_FOUND": SessionNotFound,
-    "RATE_LIMIT_EXCEEDED": RateLimitExceeded,
-    "QUOTA_EXCEEDED": QuotaExceeded,
-    "SESSION_EXPIRED": SessionExpired,
-    "REQUEST_TIMEOUT": NetworkError,
+    codes.INVALID_REQUEST.code: InvalidRequest,
+    codes.PAYLOAD_TOO_LARGE.code: PayloadTooLarge,
+    codes.API_KEY_INVALID.code: ApiKeyInvalid,
+    codes.FORBIDDEN.code: Forbidden,
+    codes.SESSION_NOT_FOUND.code: SessionNotFound,
+    codes.RATE_LIMIT_EXCEEDED.code: RateLimitExceeded,
+    codes.QUOTA_EXCEEDED.code: QuotaExceeded,
+    codes.SESSION_EXPIRED.code: SessionExpired,
+    codes.REQUEST_TIMEOUT.code: NetworkError,  # the server stopped waiting for our request
 }
 
 # Used when the body carries no (known) code: the status alone still picks a sensible class.
@@ -293,8 +295,10 @@ def error_from_response(response: httpx.Response, *, upload: bool = False) -> Vi
         cls = ERROR_CLASSES[code]
     elif status >= 500 or status == 409:
         cls = ServerError if status >= 500 else Conflict
-        # A server may say a 5xx is permanent (e.g. misconfiguration); otherwise 5xx is transient.
-        retryable = body_retryable if isinstance(body_retryable, bool) else None
+        # A server may say a 5xx is permanent (e.g. misconfiguration), in the body or by a code the shared
+        # table calls permanent (SERVER_MISCONFIGURED); otherwise 5xx is transient.
+        known = codes.ERROR_CODES.get(code) if code is not None else None
+        retryable = body_retryable if isinstance(body_retryable, bool) else known.retryable if known else None
     elif status in _STATUS_CLASSES:
         cls = _STATUS_CLASSES[status]
     else:
