@@ -25,11 +25,9 @@ class ImageSequenceSource:
     def __init__(self, paths: Sequence[Path], t_s: Sequence[float] | np.ndarray, *, name: str = "") -> None:
         times = np.asarray(t_s, dtype=np.float64)
         if len(paths) == 0:
-            raise VideoFileError(f"{name or 'image sequence'}: no frames")
+            raise VideoFileError(name or "image sequence", "no frames")
         if times.shape != (len(paths),):
-            raise VideoFileError(
-                f"{name or 'image sequence'}: {len(paths)} images but {times.size} timestamps"
-            )
+            raise VideoFileError(name or "image sequence", f"{len(paths)} images but {times.size} timestamps")
         self._paths = list(paths)
         self._t_s = times - times[0]
         first = self._read(0)
@@ -49,7 +47,7 @@ class ImageSequenceSource:
     def _read(self, index: int) -> np.ndarray:
         image = cv2.imread(str(self._paths[index]), cv2.IMREAD_COLOR)
         if image is None:
-            raise VideoFileError(f"cannot read image {self._paths[index]}")
+            raise VideoFileError(str(self._paths[index]), "not a readable image")
         return image
 
     @property

@@ -60,7 +60,7 @@ def open_source(
             raise ValueError(
                 "width/height/fps are camera requests; a video file plays at its own size and rate"
             )
-        return VideoFileSource(target, start_s=start_s, duration_s=duration_s, realtime=realtime)
+        return VideoFileSource(str(target), start_s=start_s, duration_s=duration_s, realtime=realtime)
     if start_s:
         raise ValueError("start_s applies to video files only")
     return CameraSource(target, width=width, height=height, fps=fps, duration_s=duration_s, kind=kind)
