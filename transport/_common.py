@@ -1,7 +1,7 @@
-"""What the sync and async clients share: paths, headers, payload streaming and response checks.
+"""The workflow's building blocks: paths, headers, payload streaming, deadlines and response checks.
 
-Only I/O differs between `SessionClient` and `AsyncSessionClient`; every decision that can be made without
-I/O lives here so the two cannot drift apart.
+The workflow that uses them is transport/_base.py (flows of steps, no I/O); the two clients only carry
+the steps out, so they cannot drift apart.
 """
 
 from __future__ import annotations
