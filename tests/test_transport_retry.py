@@ -197,3 +197,26 @@ def test_lost_complete_response(proxy: FaultProxy, server: Backend, payload: byt
     else:
         # Gone with PERSIST_VITALS=false: ResultNotPersisted, then one fresh session recovers it.
         assert (proxy.count("POST", START), proxy.count("POST", COMPLETE)) == (2, 2)
+
+
+def test_the_workflow_runs_without_io_step_by_step() -> None:
+    """The flows are plain generators: driven here by hand with answers built in the test, no socket."""
+    import httpx
+
+    from transport._base import BaseSessionClient
+    from transport._flow import Send, Sleep
+
+    client = BaseSessionClient("http://api.test", "ck_test_k", retry=FAST)
+    flow = client._start_flow(None)
+    first = next(flow)
+    assert isinstance(first, Send) and (first.method, first.url, first.api) == ("POST", START, True)
+    request = httpx.Request("POST", "http://api.test" + START)
+    wait = flow.send(httpx.Response(503, json=UNAVAILABLE[2], request=request))
+    assert isinstance(wait, Sleep) and wait.notice is not None
+    assert str(wait.notice).startswith("retrying (2/4) in ") and wait.seconds <= FAST.max_s
+    again = flow.send(None)
+    assert isinstance(again, Send) and again.url == START
+    body = {"session_id": "s-1", "expires_at": 1, "upload_url": "http://api.test/up", "fallback_config": {}}
+    with pytest.raises(StopIteration) as done:
+        flow.send(httpx.Response(200, json=body, request=request))
+    assert done.value.value.session_id == "s-1"
