@@ -9,6 +9,7 @@ confidences say so.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,23 @@ def test_compression_lowers_confidence_and_hrv_is_not_overclaimed(lossless, loss
     _hrv_claim_is_honest(compressed, truth)
     if abs(compressed.vitals["heart_rate"] - truth.hr_bpm) > 5.0:
         assert compressed.vitals["confidence"] < HRV_RELIABLE
+
+
+@pytest.mark.parametrize(("hr_bpm", "face", "seed"), [(128.0, "astronaut", 71), (146.0, "grace_hopper", 72)])
+def test_a_fast_heart_rate_on_h264_is_measured_not_halved(
+    tmp_path: Path, hr_bpm: float, face: str, seed: int
+) -> None:
+    """Heart rates of 100-150 bpm are normal (exercise, stress, children): on webcam H.264 with natural
+    head motion the engine must report them, not their half, and not call the half a trap."""
+    from capture.synthetic import render_preset
+
+    video = tmp_path / "fast.mp4"
+    truth = render_preset(
+        video, "webcam", duration_s=20.0, face=face, hr_bpm=hr_bpm, pulse_amplitude=0.008, seed=seed
+    )
+    with open_source(video) as source:
+        m = process(source, PreprocessConfig(source="video", include_patches=False))
+    result = infer(m)
+    assert abs(result.vitals["heart_rate"] - truth.hr_bpm) <= 3.0, result.quality["hr_track_bpm"]
+    assert result.quality["harmonic_corrected"] is False
+    assert result.quality["reliable"]["heart_rate"] is True
