@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # q or Esc cancels the measurement
+CANCEL_TEXT = "press q to cancel"
 
 BOX_BGR = (80, 220, 80)
 POLYGON_BGR = (255, 200, 0)
@@ -31,7 +32,8 @@ class Overlay:
 
     `face_box_px` is x, y, w, h in pixels; `polygons` are N x 2 pixel point arrays (ROI outlines);
     `hints` are short quality messages ("move closer"); `progress` is 0..1 of the measurement;
-    `pulse` is the recent pulse trace (any scale, drawn normalised); `phase` names the current step.
+    `pulse` is the recent pulse trace (any scale, drawn normalised); `phase` names the current step;
+    `pulse_bpm` is the live (preview-quality) pulse rate and `remaining_s` the seconds left to capture.
     """
 
     face_box_px: tuple[int, int, int, int] | None = None
@@ -40,6 +42,21 @@ class Overlay:
     progress: float | None = None
     pulse: np.ndarray | None = None
     phase: str = ""
+    pulse_bpm: float | None = None
+    remaining_s: float | None = None
+
+
+def status_line(overlay: Overlay) -> str:
+    """The top line: the step and, while capturing, how long the person must keep still."""
+    parts = [overlay.phase] if overlay.phase else []
+    if overlay.remaining_s is not None:
+        parts.append(f"{max(0.0, overlay.remaining_s):.0f} s left")
+    return "  ".join(parts)
+
+
+def pulse_label(overlay: Overlay) -> str:
+    """What the pulse strip is labelled with: the live rate, marked as a preview like the terminal does."""
+    return "" if overlay.pulse_bpm is None else f"pulse ~{overlay.pulse_bpm:.0f} bpm (preview)"
 
 
 def _text(image: np.ndarray, text: str, origin: tuple[int, int], colour: tuple[int, int, int]) -> None:
@@ -65,8 +82,9 @@ def draw_overlay(image: np.ndarray, overlay: Overlay | None) -> np.ndarray:
         cv2.polylines(canvas, points, isClosed=True, color=POLYGON_BGR, thickness=line_px)
     row_px = max(14, round(height / 28))
     y_text = row_px
-    if overlay.phase:
-        _text(canvas, overlay.phase, (8, y_text), TEXT_BGR)
+    status = status_line(overlay)
+    if status:
+        _text(canvas, status, (8, y_text), TEXT_BGR)
         y_text += row_px
     for hint in overlay.hints:
         _text(canvas, hint, (8, y_text), HINT_BGR)
@@ -79,8 +97,15 @@ def draw_overlay(image: np.ndarray, overlay: Overlay | None) -> np.ndarray:
             cv2.rectangle(
                 canvas, (0, height - bar_h), (round((width - 1) * done), height - 1), PROGRESS_BGR, -1
             )
+    bar_h = max(4, height // 60)
+    if overlay.phase:  # a measurement is running: say how to stop it
+        _text(canvas, CANCEL_TEXT, (8, height - bar_h - 8), TEXT_BGR)
     if overlay.pulse is not None:
         _draw_pulse(canvas, np.asarray(overlay.pulse, dtype=np.float64), line_px)
+    label = pulse_label(overlay)
+    if label:
+        strip_top = height - height // 8 - bar_h - 8
+        _text(canvas, label, (width - width // 3 - 8, strip_top - 6), PULSE_BGR)
     return canvas
 
 

@@ -21,6 +21,12 @@ MIN_USABLE_S: Final = 15.0
 MIN_CAPTURE_S: Final = 16.0
 MAX_CAPTURE_S: Final = 180.0
 
+# The engine interpolates across a frame gap up to this long (or 2.5 frame intervals, if longer); a longer
+# gap is lost from the measurement. Irregular timing within it costs nothing (timestamps are real), so
+# the live "frame rate" hint fires only on gaps the engine cannot bridge.
+MAX_BRIDGED_GAP_S: Final = 0.5
+BRIDGED_GAP_INTERVALS: Final = 2.5
+
 # A measured vital is "reliable" at or above this confidence. The heart-rate confidence is the
 # calibrated probability of being within 5 bpm, so above one half a reading is more likely right than
 # wrong; below it clients show the value as unreliable.

@@ -66,10 +66,11 @@ class QualityMonitor:
             self._prev_center = None
             self._speed = 0.0
         jitter_known = len(self._intervals_s) >= 10
-        jitter = 0.0
+        jitter = lost = 0.0
         if jitter_known:
             intervals = np.fromiter(self._intervals_s, float)
             jitter = float(intervals.std() / max(intervals.mean(), 1e-9))
+            lost = quality.lost_share(intervals)
         state = QualityState(
             brightness_luma=float(brightness),
             clipped_share=float(clipped),
@@ -77,6 +78,7 @@ class QualityMonitor:
             face_area_share=float(area_share) if self.face_mode else 1.0,
             face_speed_widths_per_s=float(self._speed),
             interval_jitter=jitter,
+            lost_share=lost,
         )
         warnings = quality.frame_warnings(
             state, center_offset, self.thresholds, face_mode=self.face_mode, jitter_known=jitter_known

@@ -232,7 +232,8 @@ def _record(
             speed.append(float(q.face_speed_widths_per_s))
             hints = tuple(w.message for w in features.warnings)
             percent = min(100.0, 100.0 * elapsed_s / span_s) if span_s else None
-            _show(preview, frame, features, hints, percent, Phase.CAPTURING)
+            remaining_s = span_s - elapsed_s if span_s else None
+            _show(preview, frame, features, hints, percent, Phase.CAPTURING, remaining_s)
             if percent is None or percent - last_percent >= 0.5 or hints:
                 last_percent = percent if percent is not None else last_percent
                 yield Event(Phase.CAPTURING, percent, hints=hints, pulse_bpm=features.pulse_bpm_preview)
@@ -280,6 +281,7 @@ def _show(
     hints: tuple[str, ...],
     percent: float | None,
     phase: Phase,
+    remaining_s: float | None = None,
 ) -> None:
     if preview is None or not preview.enabled:
         return
@@ -292,6 +294,8 @@ def _show(
         progress=None if percent is None else percent / 100.0,
         pulse=features.pulse_preview,
         phase=phase.value,
+        pulse_bpm=features.pulse_bpm_preview,
+        remaining_s=remaining_s,
     )
     if not preview.show(frame.image, overlay):
         raise Cancelled("cancelled from the preview window")

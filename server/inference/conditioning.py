@@ -13,7 +13,7 @@ from typing import Final
 
 import numpy as np
 
-from contract.limits import MIN_USABLE_S
+from contract.limits import BRIDGED_GAP_INTERVALS, MAX_BRIDGED_GAP_S, MIN_USABLE_S
 from contract.tensor import MAX_FPS as MAX_FPS_HZ
 from contract.tensor import MIN_FPS as MIN_FPS_HZ
 from contract.tensor import Measurement
@@ -21,7 +21,7 @@ from server.inference.errors import InferenceFailed
 
 MIN_COVERAGE: Final = 0.70
 MAX_GRID_FS_HZ: Final = 30.0
-MIN_BRIDGE_S: Final = 0.5
+MIN_BRIDGE_S: Final = MAX_BRIDGED_GAP_S  # shared with the live frame-rate hint
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,7 @@ def condition(m: Measurement, min_usable_s: float = MIN_USABLE_S) -> Conditioned
     smooth = max(1, round(fps_hz / fs_hz))
     n_grid = int(np.floor(duration_s * fs_hz)) + 1
     grid = t[0] + np.arange(n_grid) / fs_hz
-    max_bridge_s = max(MIN_BRIDGE_S, 2.5 * median_dt)
+    max_bridge_s = max(MIN_BRIDGE_S, BRIDGED_GAP_INTERVALS * median_dt)
 
     n_regions = rgb.shape[1]
     rgb_grid = np.empty((n_regions, n_grid, 3))
