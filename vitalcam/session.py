@@ -57,6 +57,7 @@ class MeasureOptions:
     api_key: str | None = None
     payload: Literal["full", "traces"] = "full"
     regions: Literal["face", "full-frame"] = "face"
+    landmarks: str = "facemesh"  # landmark backend, one of preprocess.face.BACKENDS
     preview: bool = True
     readiness_timeout_s: float = 20.0
     readiness_hold_s: float = 1.0
@@ -161,6 +162,7 @@ def _preprocessor(
 
     config = PreprocessConfig(
         regions=options.regions,
+        landmarks=options.landmarks,
         include_patches=options.payload == "full",
         source="video" if source_kind == "video" else "camera",
         video_bits_per_pixel=bits_per_pixel,
