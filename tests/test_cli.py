@@ -187,10 +187,14 @@ def test_exit_code_no_camera(env) -> None:
     assert "/dev/video97" in done.stderr
 
 
-def test_exit_code_server_failure_keeps_tensor_in_outbox_then_retry(face_video, env, tmp_path) -> None:
+def test_exit_code_server_failure_keeps_tensor_in_outbox_then_retry(
+    face_video, env, tmp_path, proxy, server
+) -> None:
+    """The server passes the check, then fails every start: exit 5, the tensor kept (its path said once),
+    each retry told in words; `vitalcam retry` without --api-url sends it where it was meant to go."""
     path, _truth = face_video
     outbox = tmp_path / "outbox"
-    closed_port = free_port()  # nothing listens here
+    proxy.plan("POST", START, *[UNAVAILABLE] * 4)
     done = run(
         [
             "measure",
@@ -199,9 +203,9 @@ def test_exit_code_server_failure_keeps_tensor_in_outbox_then_retry(face_video, 
             "--payload",
             "traces",
             "--api-url",
-            f"http://127.0.0.1:{closed_port}",
+            proxy.url,
             "--api-key",
-            "ck_test_unreachable",
+            server.api_key,
             "--outbox",
             str(outbox),
         ],
@@ -209,10 +213,22 @@ def test_exit_code_server_failure_keeps_tensor_in_outbox_then_retry(face_video, 
     )
     assert done.returncode == 5, done.stderr
     kept = list(outbox.glob("*.tensor"))
-    assert len(kept) == 1 and str(kept[0]) in done.stdout.replace("\n", "")
-    retried = run(["retry", "--outbox", str(outbox)], env)
+    assert len(kept) == 1 and done.stderr.count(str(kept[0])) == 1
+    assert f"`vitalcam retry` uploads it to {proxy.url}" in done.stderr
+    for attempt in (2, 3, 4):
+        assert f"retrying ({attempt}/4) in " in done.stderr
+    assert "HTTP 503 UNAVAILABLE" in done.stderr and "stamina" not in done.stderr + done.stdout
+    started = proxy.count("POST", START)
+
+    no_key = run(["retry", "--outbox", str(outbox)], env)
+    assert no_key.returncode == 5
+    assert f"saved for {proxy.url}" in no_key.stderr and "--api-key" in no_key.stderr
+    assert proxy.count("POST", START) == started  # nothing was sent anywhere without the key
+
+    retried = run(["retry", "--outbox", str(outbox), "--api-key", server.api_key], env)
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    assert "completed" in retried.stdout
+    assert f"completed by {proxy.url}" in retried.stdout and f"to {proxy.url}" in retried.stderr
+    assert proxy.count("POST", START) == started + 1  # it went to the URL stored with the item
     assert not list(outbox.glob("*.tensor"))
 
 
@@ -335,3 +351,73 @@ def test_serve_on_a_public_address_without_a_public_url_is_a_usage_error(env, tm
     assert result.returncode == 2
     assert "VITALCAM_PUBLIC_BASE_URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---- before and after a measurement (issue 15, items 1-4) ------------------------------------------------
+
+START = "/sdk/session/start"
+UNAVAILABLE = ("respond", 503, {"error": "UNAVAILABLE", "message": "restarting", "retryable": True}, {})
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The reference server in this process, for the fault proxy (tests/conftest.py) to stand in front of."""
+    from tests.fault_proxy import backend
+
+    with backend() as b:
+        yield b
+
+
+def test_unreachable_server_fails_before_the_capture(face_video, env, tmp_path) -> None:
+    path, _ = face_video
+    port = free_port()  # nothing listens here
+    outbox = tmp_path / "outbox"
+    url = f"http://127.0.0.1:{port}"
+    args = ["--video", str(path), "--api-url", url, "--api-key", "ck_test_x", "--outbox", str(outbox)]
+    done = run(["measure", *args], env)
+    assert done.returncode == 5 and not done.stdout
+    assert f"no answer from http://127.0.0.1:{port}: connection refused" in done.stderr
+    assert "check --api-url / VITALCAM_API_URL" in done.stderr
+    assert "[CAPTURING]" not in done.stderr and "vitalcam retry" not in done.stderr
+    assert not outbox.exists()  # nothing was measured, so nothing is kept
+
+
+def test_wrong_api_key_fails_before_the_capture_and_names_the_setting(face_video, env, server) -> None:
+    path, _ = face_video
+    args = ["--video", str(path), "--api-url", server.base_url, "--api-key", "ck_test_wrong"]
+    done = run(["measure", *args], env)
+    assert done.returncode == 5 and not done.stdout
+    assert f"{server.base_url} did not accept the API key: check --api-key / VITALCAM_API_KEY" in done.stderr
+    assert "[CAPTURING]" not in done.stderr and "vitalcam retry" not in done.stderr
+
+
+def test_a_401_after_the_capture_says_check_the_key_and_the_path_once(
+    face_video, env, tmp_path, proxy, server
+) -> None:
+    """The key passed the check and was revoked before the start: keep the tensor, point at the key."""
+    path, _ = face_video
+    outbox = tmp_path / "outbox"
+    revoked = ("respond", 401, {"error": "API_KEY_INVALID", "message": "revoked", "retryable": False}, {})
+    proxy.plan("POST", START, revoked)
+    args = ["--video", str(path), "--payload", "traces", "--api-url", proxy.url, "--api-key", server.api_key]
+    done = run(["measure", *args, "--outbox", str(outbox)], env)
+    assert done.returncode == 5, done.stderr
+    [kept] = outbox.glob("*.tensor")
+    assert done.stderr.count(str(kept)) == 1
+    assert "check --api-key / VITALCAM_API_KEY" in done.stderr
+    assert "`vitalcam retry --api-key KEY` uploads it with a valid key" in done.stderr
+    assert "run `vitalcam retry` to upload it again" not in done.stderr
+    assert proxy.count("POST", START) == 1  # a 401 is not retried
+
+
+def test_retry_sends_an_item_saved_without_a_url_to_the_embedded_backend(env, tmp_path) -> None:
+    from tests.tensors import make_payload
+    from transport import Outbox
+
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.save(make_payload(duration_s=20.0))  # what an embedded measurement that failed leaves
+    retried = run(["retry", "--outbox", str(outbox.directory)], env)
+    assert retried.returncode == 0, retried.stderr
+    assert "completed by the embedded reference backend" in retried.stdout
+    assert "sending 1 measurement(s) to the embedded reference backend" in retried.stderr
+    assert outbox.pending() == [] and len(list(outbox.results_dir.iterdir())) == 1

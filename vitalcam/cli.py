@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from capture.synthetic import SyntheticTruth
     from server import KeyInfo
+    from transport import RetryNotice, VitalcamError
     from vitalcam.session import MeasureOptions, Outcome
 
 EXIT_OK = 0
@@ -414,12 +415,11 @@ def run_measurement(
         printer.close()
     if failure is not None:
         code, label, next_step, error = failure
-        errors.print(f"{label} {error}")
-        outbox_path = getattr(error, "outbox_path", None)
-        if outbox_path:
-            errors.print(
-                f"The measurement is kept at {outbox_path}; run `vitalcam retry` to upload it again."
-            )
+        if isinstance(error, VitalcamError):  # what to fix (the key, the URL, or nothing), the path once
+            errors.print(f"{label} {error.summary}")
+            next_step = _server_next_step(error, options.api_url)
+        else:
+            errors.print(f"{label} {error}")
         if next_step:
             errors.print(next_step)
         return code, None
@@ -580,11 +580,52 @@ def _describe_key(info: KeyInfo) -> str:
     return f"{info.key_id}  {info.developer}  {mode}  created {day(info.created_at)}  {status}"
 
 
+def _server_advice(error: VitalcamError, api_url: str | None) -> str:
+    """What a person can fix after a server failure; "" when it is nobody's setting (the embedded backend,
+    a server error that retrying later may cure)."""
+    from transport import ApiKeyInvalid, NetworkError, QuotaExceeded, UnexpectedResponse
+
+    if api_url is None:
+        return ""
+    if isinstance(error, ApiKeyInvalid):
+        return f"{api_url} did not accept the API key: check --api-key / VITALCAM_API_KEY."
+    if isinstance(error, QuotaExceeded):
+        return f"The monthly quota of this API key at {api_url} is used up."
+    if isinstance(error, NetworkError) and error.status is None:
+        return (
+            f"The connection to {api_url} failed: check --api-url / VITALCAM_API_URL and that the server "
+            "is running."
+        )
+    if isinstance(error, UnexpectedResponse):
+        return f"{api_url} did not answer like a sessions API: check --api-url / VITALCAM_API_URL."
+    return ""
+
+
+def _server_next_step(error: VitalcamError, api_url: str | None) -> str:
+    """The advice, then where the measurement is kept (said once) and how it will reach a server."""
+    from transport import ApiKeyInvalid
+
+    lines = [advice] if (advice := _server_advice(error, api_url)) else []
+    if error.outbox_path:
+        if isinstance(error, ApiKeyInvalid):
+            upload = "`vitalcam retry --api-key KEY` uploads it with a valid key"
+        else:
+            upload = "`vitalcam retry` uploads it" + (f" to {api_url}" if api_url else "") + " later"
+        lines.append(f"The measurement is kept at {error.outbox_path}; {upload}.")
+    return "\n".join(lines)
+
+
+def _print_retry(notice: RetryNotice) -> None:
+    print(f"  {notice}", file=sys.stderr, flush=True)
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
+    """Upload the outbox: each item to the URL it was saved for (none: the embedded backend), unless
+    --api-url sends them all elsewhere; every line says where an item went."""
     import contextlib
 
-    from transport import Outbox, VitalcamError, retry_outbox
-    from vitalcam.session import open_client
+    from transport import Outbox, OutboxItem, SessionClient, VitalcamError, retry_outbox
+    from vitalcam.session import open_backend
 
     if args.api_url and not args.api_key:
         print("vitalcam retry: --api-url needs --api-key (or VITALCAM_API_KEY)", file=sys.stderr)
@@ -594,19 +635,39 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if not pending:
         print(f"outbox {outbox.directory} is empty")
         return EXIT_OK
-    with contextlib.ExitStack() as stack:
-        client, _ = open_client(stack, args.api_url, args.api_key)
-        outcomes = retry_outbox(client, outbox)
+    destinations: dict[str | None, list[OutboxItem]] = {}
+    for item in pending:
+        destinations.setdefault(args.api_url or item.api_url, []).append(item)
     failed = 0
-    for item, outcome in outcomes:
-        if isinstance(outcome, VitalcamError):
-            failed += 1
-            print(f"{item.payload_path}: still pending ({outcome})")
-        else:
-            hr = outcome.vitals.heart_rate if outcome.vitals else None
-            print(
-                f"{item.payload_path}: completed, session {outcome.session_id}, heart rate {hr} (result saved in {outbox.results_dir})"
-            )
+    with contextlib.ExitStack() as stack:
+        for api_url, items in destinations.items():
+            if api_url is not None and not args.api_key:
+                failed += len(items)
+                for item in items:
+                    print(
+                        f"{item.payload_path}: not sent: it was saved for {api_url}, whose API key is not "
+                        "stored; give it with --api-key (or VITALCAM_API_KEY), or send it elsewhere with --api-url",
+                        file=sys.stderr,
+                    )
+                continue
+            backend = open_backend(stack, api_url, args.api_key)
+            print(f"sending {len(items)} measurement(s) to {backend.label}", file=sys.stderr, flush=True)
+            client = stack.enter_context(SessionClient(backend.url, backend.api_key, on_retry=_print_retry))
+            for item, outcome in retry_outbox(client, outbox, items):
+                if isinstance(outcome, VitalcamError):
+                    failed += 1
+                    advice = _server_advice(outcome, api_url)
+                    print(
+                        f"{item.payload_path}: still pending, {backend.label} answered {outcome.summary}"
+                        + (f"\n  {advice}" if advice else ""),
+                        file=sys.stderr,
+                    )
+                else:
+                    hr = outcome.vitals.heart_rate if outcome.vitals else None
+                    print(
+                        f"{item.payload_path}: completed by {backend.label}, session {outcome.session_id}, "
+                        f"heart rate {hr} (result saved in {outbox.results_dir})"
+                    )
     return EXIT_SERVER if failed else EXIT_OK
 
 

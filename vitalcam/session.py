@@ -7,15 +7,15 @@ generator is the single code path; the callback form is a thin loop over it.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
-import queue
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the stages load lazily: importing this module must not star
     from capture import Frame, FrameSource
     from capture.preview import Preview
     from preprocess import FrameFeatures, Preprocessor
-    from transport import Result, SessionClient
+    from transport import Demographics, Outbox, Result
 
 
 class Phase(StrEnum):
@@ -115,13 +115,21 @@ def measure(options: MeasureOptions, on_event: EventCallback | None = None) -> O
 
 
 def iter_measurement(options: MeasureOptions) -> Iterator[Event]:
-    """Yield phase events; the last one is DONE with the outcome. Errors propagate as typed exceptions."""
+    """Yield phase events; the last one is DONE with the outcome. Errors propagate as typed exceptions.
+
+    Blocking, for synchronous callers: the upload runs on a private event loop of this thread, so from
+    async code run it in a thread (`await asyncio.to_thread(measure, options)`).
+    """
+    _refuse_running_loop()
     from capture import open_source
     from capture.preview import open_preview
 
     yield Event(Phase.INITIALIZING, message="opening the source and warming up")
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(_open(open_source, options))
+        if options.api_url is not None:  # before the models load and anyone sits still: fails in a second
+            yield Event(Phase.INITIALIZING, message=f"checking {options.api_url} and the API key")
+            check_backend(options.api_url, options.api_key)
         # Both preprocessors load their models before the first frame is grabbed, so that neither the
         # warm-up nor the switch from readiness to capture makes the grabber drop frames.
         recorder = _preprocessor(options, source.info.kind, source.info.bits_per_pixel)
@@ -142,6 +150,18 @@ def iter_measurement(options: MeasureOptions) -> Iterator[Event]:
         measurement, timeline, notes = yield from _record(recorder, frames, options, preview, span_s)
         dropped = int(getattr(source, "dropped", 0)) - dropped_before
     yield from _send(measurement, timeline, options, dropped, notes)
+
+
+def _refuse_running_loop() -> None:
+    """Fail before the capture, not after it, when called from a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        "iter_measurement() and measure() block; from async code run them in a thread, e.g. "
+        "`await asyncio.to_thread(measure, options)`"
+    )
 
 
 def _open(open_source: Callable[..., FrameSource], options: MeasureOptions) -> FrameSource:
@@ -303,24 +323,53 @@ def _show(
         raise Cancelled("cancelled from the preview window")
 
 
-def open_client(
-    stack: contextlib.ExitStack, api_url: str | None, api_key: str | None
-) -> tuple[SessionClient, bool]:
-    """A client for `api_url`, or for an embedded reference backend started on `stack` when it is None.
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """Where measurements go: a sessions-API URL and its key; `embedded` for the in-process reference one."""
 
-    Returns the client and whether the backend is embedded; both close with `stack`.
-    """
-    from transport import SessionClient
+    url: str
+    api_key: str
+    embedded: bool
 
-    embedded = api_url is None
-    if embedded:
+    @property
+    def label(self) -> str:
+        """How to name it to a person: an embedded backend's ephemeral address means nothing to them."""
+        return "the embedded reference backend" if self.embedded else self.url
+
+
+def open_backend(stack: contextlib.ExitStack, api_url: str | None, api_key: str | None) -> Backend:
+    """`api_url` with its key, or an embedded reference backend started on `stack` when it is None."""
+    if api_url is None:
         from server import start_embedded
 
         server = stack.enter_context(start_embedded())
-        api_url, api_key = server.base_url, server.api_key
+        return Backend(server.base_url, server.api_key, embedded=True)
     if not api_key:
         raise ValueError("an API key is required with --api-url (or VITALCAM_API_KEY)")
-    return stack.enter_context(SessionClient(api_url, api_key)), embedded
+    return Backend(api_url.rstrip("/"), api_key, embedded=False)
+
+
+# Long enough for a server across the internet, short enough that a typo fails before anyone sits still.
+PREFLIGHT_TIMEOUT_S = 3.0
+
+
+def check_backend(api_url: str, api_key: str | None, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """Fail now, not after a 30 s capture, when the server cannot be reached or refuses the key.
+
+    One cheap authenticated request (transport's `check()`: no session, no quota); raises its typed
+    error (ApiKeyInvalid, NetworkError, UnexpectedResponse for a URL that is no sessions API).
+    """
+    from transport import AsyncSessionClient
+
+    if not api_key:
+        raise ValueError("an API key is required with --api-url (or VITALCAM_API_KEY)")
+
+    async def probe() -> None:
+        async with AsyncSessionClient(api_url, api_key, timeout_s=timeout_s) as client:
+            await client.check(timeout_s)
+
+    with asyncio.Runner() as runner:
+        runner.run(probe())
 
 
 def _serialise(measurement: Measurement) -> tuple[bytes, Measurement, str]:
@@ -352,58 +401,102 @@ def _send(
     if note:
         yield Event(Phase.UPLOADING, 0.0, message=note)
     with contextlib.ExitStack() as stack:
-        client, embedded = open_client(stack, options.api_url, options.api_key)
-        api_url = client.base_url
+        backend = open_backend(stack, options.api_url, options.api_key)
         demographics = Demographics(**options.demographics) if options.demographics else None
         outbox = Outbox(options.outbox_dir)
-        events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
-
-        def progress(sent: int, total: int) -> None:
-            events.put(
-                Event(Phase.UPLOADING, 100.0 * sent / max(total, 1), bytes_sent=sent, bytes_total=total)
-            )
-            if sent >= total:
-                events.put(Event(Phase.PROCESSING, message="the server is computing vitals"))
-
-        # The client blocks; run it on a worker so events stream while it works.
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["result"] = client.measure(payload, demographics, progress=progress, outbox=outbox)
-            except BaseException as exc:  # re-raised on the caller's thread below
-                box["error"] = exc
-            finally:
-                events.put(None)
-
         yield Event(Phase.UPLOADING, 0.0, bytes_sent=0, bytes_total=len(payload))
-        worker = threading.Thread(target=work, name="vitalcam-upload", daemon=True)
-        worker.start()
-        while True:
-            try:  # a timeout keeps the wait interruptible by Ctrl-C
-                event = events.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if event is None:
-                break
-            yield event
-        worker.join()
-        if "error" in box:
-            raise box["error"]
+        result = yield from _stream(lambda emit: _upload(backend, payload, demographics, outbox, emit))
         outcome = Outcome(
-            result=box["result"],
+            result=result,
             measurement=measurement,
             payload_bytes=len(payload),
             timeline=timeline,
-            api_url=api_url,
-            embedded=embedded,
+            api_url=backend.url,
+            embedded=backend.embedded,
             dropped_frames=dropped,
             notes=notes,
         )
     yield Event(Phase.DONE, 100.0, outcome=outcome)
 
 
+async def _upload(
+    backend: Backend,
+    payload: bytes,
+    demographics: Demographics | None,
+    outbox: Outbox,
+    emit: Callable[[Event], None],
+) -> Result:
+    """The async client's `measure()`, with its upload progress and its retries told as events."""
+    from transport import AsyncSessionClient, RetryNotice, VitalcamError
+
+    phase, percent = Phase.UPLOADING, 0.0
+
+    def progress(sent: int, total: int) -> None:
+        nonlocal phase, percent
+        phase, percent = Phase.UPLOADING, 100.0 * sent / max(total, 1)
+        emit(Event(phase, percent, bytes_sent=sent, bytes_total=total))
+        if sent >= total:
+            phase, percent = Phase.PROCESSING, 0.0
+            emit(Event(phase, message="the server is computing vitals"))
+
+    def on_retry(notice: RetryNotice) -> None:
+        emit(Event(phase, percent, hints=(str(notice),)))
+
+    async with AsyncSessionClient(backend.url, backend.api_key, on_retry=on_retry) as client:
+        try:
+            return await client.measure(
+                payload, demographics, progress=progress, outbox=None if backend.embedded else outbox
+            )
+        except VitalcamError as exc:
+            if backend.embedded and exc.replayable:
+                # Kept without a URL: the embedded backend's address dies with this process, and
+                # `vitalcam retry` starts a new one for items that name none.
+                exc.outbox_path = outbox.save(payload, demographics=demographics, error=exc).payload_path
+            raise
+
+
+T = TypeVar("T")
+
+
+def _stream(work: Callable[[Callable[[Event], None]], Awaitable[T]]) -> Generator[Event, None, T]:
+    """Run `work(emit)` on a private event loop and yield every event it emits while it runs.
+
+    The loop runs only while this generator waits for the next event, so the caller's thread is the only
+    one: no worker thread, no queue. Ctrl-C or closing the generator cancels the work (asyncio.Runner
+    cancels what is left when it closes), and the client inside closes its connections.
+    """
+    pending: collections.deque[Event] = collections.deque()
+    arrived = asyncio.Event()
+
+    def emit(event: Event) -> None:
+        pending.append(event)
+        arrived.set()
+
+    with asyncio.Runner() as runner:
+        task = runner.get_loop().create_task(_awaited(work(emit)))
+        while True:
+            runner.run(_until_event_or_done(task, arrived))
+            while pending:
+                yield pending.popleft()
+            if task.done():
+                return task.result()
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+async def _until_event_or_done(task: asyncio.Task[Any], arrived: asyncio.Event) -> None:
+    waiter = asyncio.ensure_future(arrived.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    arrived.clear()
+
+
 __all__ = [
+    "Backend",
     "Cancelled",
     "Event",
     "EventCallback",
@@ -412,6 +505,8 @@ __all__ = [
     "Outcome",
     "Phase",
     "QualityTimeline",
+    "check_backend",
     "iter_measurement",
     "measure",
+    "open_backend",
 ]
