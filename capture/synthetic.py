@@ -140,23 +140,33 @@ def _face_photo_bgr(face: str) -> np.ndarray:
         return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
 
 
-def _face_on_canvas(width: int, height: int, face: str = "astronaut") -> tuple[np.ndarray, np.ndarray]:
-    """The face photo scaled onto the canvas (BGR float32) and its soft skin mask (float32 0..1)."""
+def _face_on_canvas(
+    width: int, height: int, face: str = "astronaut", photo_px: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The face photo scaled onto the canvas (BGR float32) and its soft skin mask (float32 0..1).
+
+    The photo fills the canvas's height (or width), or is `photo_px` on its larger side: the astronaut
+    at 512 px in a 1280x720 frame has a 110 px face, a person about 2 m from a webcam.
+    """
     photo_bgr = _face_photo_bgr(face)
     ph, pw = photo_bgr.shape[:2]
-    scale = min(width / pw, height / ph)
+    scale = (
+        min(width / pw, height / ph)
+        if photo_px is None
+        else min(photo_px / max(pw, ph), width / pw, height / ph)
+    )
     sw, sh = round(pw * scale), round(ph * scale)
     photo = cv2.resize(photo_bgr, (sw, sh), interpolation=cv2.INTER_AREA)
     canvas = np.full((height, width, 3), 60, np.uint8)
     x0, y0 = (width - sw) // 2, (height - sh) // 2
     canvas[y0 : y0 + sh, x0 : x0 + sw] = photo
     ycrcb = cv2.cvtColor(canvas, cv2.COLOR_BGR2YCrCb)
-    skin = cv2.inRange(ycrcb, (40, 135, 85), (250, 175, 130)).astype(np.float32) / 255.0
+    skin = cv2.inRange(ycrcb, np.array([40, 135, 85]), np.array([250, 175, 130])).astype(np.float32) / 255.0
     where = FACES[face]
     face_mask = np.zeros((height, width), np.float32)
     centre = (x0 + int(where.centre[0] * sw), y0 + int(where.centre[1] * sh))
     axes = (int(where.axes[0] * sw), int(where.axes[1] * sh))
-    cv2.ellipse(face_mask, centre, axes, 0, 0, 360, 1.0, -1)
+    cv2.ellipse(face_mask, centre, axes, 0, 0, 360, (1.0,), -1)
     mask = cv2.GaussianBlur(skin * face_mask, (5, 5), 0)
     return canvas.astype(np.float32), mask
 
@@ -215,7 +225,7 @@ def _irregular_breathing(t_s: np.ndarray, rr_bpm: float, rng: np.random.Generato
     wander = cv2.GaussianBlur(
         rng.normal(0.0, 1.0, (n, 2)).astype(np.float32), (1, 0), sigmaX=0, sigmaY=4.0 * fps
     )
-    wander /= np.maximum(np.abs(wander).max(axis=0), 1e-9)
+    wander = wander / np.maximum(np.abs(wander).max(axis=0), 1e-9)
     rate_hz = rr_bpm / 60.0 * (1.0 + 0.15 * wander[:, 0])
     phase = 2 * math.pi * np.cumsum(rate_hz) / fps
     return np.sin(phase) * (1.0 + 0.3 * wander[:, 1])
@@ -253,6 +263,7 @@ def render_face_video(
     brightness: float = 1.0,
     scene: str = "face",
     face: str = "astronaut",
+    photo_px: int | None = None,
     motion: str = "sway",
     motion_amount: float = 1.0,
     light_drift: float = 0.0,
@@ -269,7 +280,8 @@ def render_face_video(
     """Render a synthetic measurement video to `path` and return its ground truth.
 
     `pulse_amplitude` is the green-channel peak-to-peak modulation of skin (0.005 = 0.5 %, typical of real
-    rPPG); `scene` is "face" (the photo `face`, one of FACES), "skin" (skin texture filling the frame) or
+    rPPG); `scene` is "face" (the photo `face`, one of FACES, `photo_px` on its larger side or filling
+    the frame), "skin" (skin texture filling the frame) or
     "none" (no face). `motion` "sway" is a slow sub-pixel sway of `sway_px`; "natural" adds head roll,
     scale and posture shifts scaled by `motion_amount` (see `_natural_motion`). `light_drift` (relative)
     and `light_steps` change the illumination. `codec` "h264" (MP4) uses `crf`: 0 (the default) encodes
@@ -289,7 +301,7 @@ def render_face_video(
     path = Path(path)
     rng = np.random.default_rng(seed)
     if scene == "face":
-        base, mask = _face_on_canvas(width, height, face)
+        base, mask = _face_on_canvas(width, height, face, photo_px)
     elif scene == "skin":
         base, mask = _skin_texture(width, height, rng)
     elif scene == "none":
@@ -368,7 +380,7 @@ def render_face_video(
                 noise = cv2.GaussianBlur(noise, (0, 0), noise_grain_px) * (
                     2.0 * math.sqrt(math.pi) * noise_grain_px
                 )
-            moved += noise
+            moved = np.add(moved, noise, out=moved)
             image = np.clip(moved, 0, 255).astype(np.uint8)
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
             for packet in stream.encode(frame):
@@ -420,7 +432,19 @@ PRESETS: dict[str, dict[str, object]] = {
         "light_drift": 0.02,
     },
     "low-bitrate": {"crf": 28, "noise_std": 2.0, "motion": "natural", "light_drift": 0.03, "light_steps": 1},
+    # A person about 2 m from a 720p webcam: a 110 px face.
+    "far": {"crf": 23, "noise_std": 2.0, "motion": "natural", "width": 1280, "height": 720, "photo_px": 512},
 }
+
+# The benchmark inputs (benchmarks/bench_preprocess.py, bench_peers.py): a webcam stream as it is stored,
+# sensor noise sigma 2 per frame, natural head motion, light drift, H.264 crf 23, 30 s at 30 fps.
+BENCH_SIZES: dict[str, tuple[int, int]] = {"480p": (640, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
+
+
+def render_bench_video(path: str | Path, size: str, duration_s: float = 30.0) -> SyntheticTruth:
+    """The "webcam" preset at one of BENCH_SIZES: what the speed figures in the README are measured on."""
+    width, height = BENCH_SIZES[size]
+    return render_preset(path, "webcam", width=width, height=height, duration_s=duration_s)
 
 
 def render_preset(path: str | Path, preset: str, **overrides: object) -> SyntheticTruth:

@@ -81,7 +81,7 @@ def frame_to_planes(frame: av.VideoFrame) -> I420Planes | None:
         return None
     width, height = frame.width, frame.height
     views = [
-        np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:plane_h, :plane_w]
+        np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)[:plane_h, :plane_w]
         for plane, (plane_w, plane_h) in zip(
             frame.planes, ((width, height), (width // 2, height // 2), (width // 2, height // 2)), strict=True
         )
@@ -119,7 +119,7 @@ def _i420_buffer(frame: av.VideoFrame) -> np.ndarray:
     for plane, (plane_w, plane_h) in zip(
         frame.planes, ((width, height), (width // 2, height // 2), (width // 2, height // 2)), strict=True
     ):
-        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:plane_h, :plane_w]
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)[:plane_h, :plane_w]
         packed[offset : offset + plane_w * plane_h].reshape(plane_h, plane_w)[:] = rows
         offset += plane_w * plane_h
     return packed.reshape(height * 3 // 2, width)
@@ -394,9 +394,9 @@ def _header_duration_s(
 def _stream_duration_s(stream: av.video.stream.VideoStream) -> str:
     if stream.duration and stream.time_base:
         return f"{float(stream.duration * stream.time_base):.3f}"
-    container = stream.container
-    if container is not None and container.duration:
-        return f"{container.duration / 1e6:.3f}"
+    duration = getattr(stream.container, "duration", None)  # the base Container type does not declare it
+    if duration:
+        return f"{duration / 1e6:.3f}"
     return "of unknown length"
 
 

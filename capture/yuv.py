@@ -77,6 +77,30 @@ class I420Planes:
         v = cv2.resize(self.v, (width_px // 2, height_px // 2), interpolation=area)
         return _convert(y, u, v, cv2.COLOR_YUV2BGR_I420)
 
+    def resized_crop(
+        self, x0: int, y0: int, x1: int, y1: int, width_px: int, height_px: int, *, rgb: bool = False
+    ) -> np.ndarray:
+        """The rectangle (clamped to the frame, grown to even bounds) resized to about width_px x height_px,
+        in BGR (or RGB), converting only the resized copy.
+
+        For the 72x72 patch and the landmark model's face crop: Y, U and V are resized separately
+        (INTER_AREA when shrinking, an exact block average for integer factors; bilinear when
+        enlarging), so a 288 px face crop costs one 72x72 conversion instead of a 288x288 one. Sizes are
+        rounded up to even numbers, as I420 needs.
+        """
+        x0, y0 = max(0, x0) & ~1, max(0, y0) & ~1
+        x1, y1 = min(self.width, x1 + (x1 & 1)), min(self.height, y1 + (y1 & 1))
+        width_px, height_px = max(2, width_px + (width_px & 1)), max(2, height_px + (height_px & 1))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            return np.zeros((height_px, width_px, 3), np.uint8)
+        shrink = width_px <= x1 - x0 and height_px <= y1 - y0
+        method = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        size, half = (width_px, height_px), (width_px // 2, height_px // 2)
+        y = cv2.resize(self.y[y0:y1, x0:x1], size, interpolation=method)
+        u = cv2.resize(self.u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], half, interpolation=method)
+        v = cv2.resize(self.v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], half, interpolation=method)
+        return _convert(y, u, v, cv2.COLOR_YUV2RGB_I420 if rgb else cv2.COLOR_YUV2BGR_I420)
+
     def grey_crop(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """The Y plane over the rectangle: a grey image without any conversion (a view, not a copy)."""
         return self.y[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)]
@@ -122,6 +146,8 @@ class YuvFrame(Frame):
     """
 
     __slots__ = ("_bgr", "planes")
+    planes: I420Planes | None
+    _bgr: np.ndarray | None
 
     def __init__(
         self,
@@ -139,7 +165,7 @@ class YuvFrame(Frame):
         object.__setattr__(self, "_bgr", image)
 
     @property
-    def image(self) -> np.ndarray:  # type: ignore[override]
+    def image(self) -> np.ndarray:
         bgr = self._bgr
         if bgr is None:
             assert self.planes is not None

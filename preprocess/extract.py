@@ -47,7 +47,9 @@ _ONE: Final = SUBPIXEL_STEPS * SUBPIXEL_STEPS
 
 
 @njit(cache=True, nogil=True)
-def _is_skin(b16: int, g16: int, r16: int, use_skin_rule: bool) -> bool:
+def _is_skin(
+    b16: int | np.integer, g16: int | np.integer, r16: int | np.integer, use_skin_rule: bool
+) -> bool:
     """The skin rule on colour values scaled by 2^16."""
     if not use_skin_rule:
         return True

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from contract.tensor import PATCH_SIZE_PX
+from preprocess.pixels import Pixels
 
 
 def patch_box(
@@ -29,6 +30,12 @@ def patch_box(
     x0 = min(max(0, x0), frame_width - side_px)
     y0 = min(max(0, y0), frame_height - side_px)
     return x0, y0, side_px
+
+
+def patch_of(pixels: Pixels, x0: int, y0: int, side_px: int) -> np.ndarray:
+    """The square crop at 72x72 RGB, resized before the colour conversion (from I420: one 72x72 conversion
+    instead of a full-size one). The patch feeds appearance models, never the colour traces."""
+    return pixels.resized_crop(x0, y0, x0 + side_px, y0 + side_px, PATCH_SIZE_PX, PATCH_SIZE_PX, rgb=True)
 
 
 def crop_patch(image_bgr: np.ndarray, x0: int, y0: int, side_px: int) -> np.ndarray:

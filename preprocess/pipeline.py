@@ -40,7 +40,8 @@ from preprocess.timing import StageTimer
 RegionMode = Literal["face", "full-frame"]
 ProgressCallback = Callable[[str, float], None]
 STAGES: Final = ("landmarks", "tracking", "masks", "extraction", "patch", "quality")
-# The region the live pulse preview reads: the whole face (or the frame in full-frame mode).
+# The region the live pulse preview reads: the whole face (else the first region: the frame in full-frame
+# mode, or whatever a custom backend's region set lists first).
 PREVIEW_REGION: Final = "face"
 
 
@@ -78,7 +79,7 @@ class PreprocessConfig:
     min_face_share: float = 0.7  # of frames, else QualityTooLow(NO_FACE)
     min_usable_s: float = 15.0  # seconds of frames with skin pixels, else QualityTooLow(TOO_SHORT)
     preview_window_s: float = 10.0
-    preview_every_frames: int = 15
+    preview_every_frames: int = 15  # 0: no pulse preview (replays)
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
     # Compressed bits per pixel of the video being replayed (capture's SourceInfo.bits_per_pixel), sent
     # in the tensor's metadata so the backend can say when compression limits the reading.
@@ -143,7 +144,8 @@ class Preprocessor:
             self._face_placement = None
             self._placer = FullFramePlacement()
             self.region_names = FULL_FRAME_REGIONS
-        self._preview_region = self.region_names.index(PREVIEW_REGION) if self._face_mode else 0
+        names = self.region_names
+        self._preview_region = names.index(PREVIEW_REGION) if PREVIEW_REGION in names else 0
         self._recorder = TraceRecorder(self.region_names, self.config.include_patches)
         self._monitor = QualityMonitor(self.config.thresholds, face_mode=self._face_mode)
         self.frame_size: tuple[int, int] | None = frame_size
@@ -219,7 +221,7 @@ class Preprocessor:
         x0, y0, side = patches.patch_box(
             placement.box_px, pixels.width, pixels.height, self.config.patch_scale
         )
-        return patches.to_patch(pixels.crop_bgr(x0, y0, x0 + side, y0 + side))
+        return patches.patch_of(pixels, x0, y0, side)
 
     def _box_norm(self, pixels: Pixels, placement: Placement) -> np.ndarray:
         if not self._face_mode:
@@ -234,7 +236,8 @@ class Preprocessor:
         self, frame: Frame, pixels: Pixels, placement: Placement, stats: np.ndarray | None
     ) -> FrameFeatures:
         state, warnings = self._monitor.observe(pixels, placement.box_px, stats)
-        if self.frames_seen % self.config.preview_every_frames == 0:
+        every = self.config.preview_every_frames
+        if every and self.frames_seen % every == 0:
             self._preview = self._pulse_preview()
         face = self._face_mode and placement.box_px is not None
         mask = placement.mask
@@ -307,7 +310,10 @@ def process(
         bits_per_pixel = getattr(getattr(frames, "info", None), "bits_per_pixel", None)
         if isinstance(bits_per_pixel, float):
             config = dataclasses.replace(config, video_bits_per_pixel=bits_per_pixel)
-    pre = Preprocessor(config, backend=backend, frame_size=frame_size)
+    # Nobody watches a replay's features: no pulse preview (a POS over 10 s every 15 frames).
+    pre = Preprocessor(
+        dataclasses.replace(config, preview_every_frames=0), backend=backend, frame_size=frame_size
+    )
     total = _expected_frames(frames)
     last_percent = -1.0
     try:

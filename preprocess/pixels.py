@@ -1,7 +1,8 @@
 """The pieces of a frame the preprocessor reads, without converting the whole frame to BGR.
 
-Per frame the pipeline needs colour only over the face box (extraction, patch), a <= 640 px copy for the
-landmark model (every few frames) and a small grey crop for tracking. For a `capture.yuv.YuvFrame` these
+Per frame the pipeline needs colour only over the face box (extraction), a 72x72 patch and a resized face
+crop for the landmark model (every few frames), both resized before any colour conversion, and a small
+grey crop for tracking. For a `capture.yuv.YuvFrame` these
 come straight from the decoder's I420 planes (`capture.yuv.I420Planes` has the same methods), which
 avoids the full-frame conversion that costs as much as decoding; any other frame is wrapped in
 `BgrPixels`, whose crops are views.
@@ -33,6 +34,10 @@ class Pixels(Protocol):
 
     def small_bgr(self, width_px: int, height_px: int) -> np.ndarray: ...
 
+    def resized_crop(
+        self, x0: int, y0: int, x1: int, y1: int, width_px: int, height_px: int, *, rgb: bool = False
+    ) -> np.ndarray: ...
+
     def grey_crop(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray: ...
 
     def sample_bgr(self, step_px: int) -> np.ndarray: ...
@@ -63,6 +68,17 @@ class BgrPixels:
             return self.image
         return cv2.resize(self.image, (width_px, height_px), interpolation=cv2.INTER_AREA)
 
+    def resized_crop(
+        self, x0: int, y0: int, x1: int, y1: int, width_px: int, height_px: int, *, rgb: bool = False
+    ) -> np.ndarray:
+        crop = self.crop_bgr(x0, y0, x1, y1)
+        if crop.shape[0] < 1 or crop.shape[1] < 1:
+            return np.zeros((height_px, width_px, 3), np.uint8)
+        shrink = width_px <= crop.shape[1] and height_px <= crop.shape[0]
+        method = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        small = cv2.resize(crop, (width_px, height_px), interpolation=method)
+        return cv2.cvtColor(small, cv2.COLOR_BGR2RGB) if rgb else small
+
     def grey_crop(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         return cv2.cvtColor(self.crop_bgr(x0, y0, x1, y1), cv2.COLOR_BGR2GRAY)
 
@@ -74,7 +90,7 @@ def pixels_of(frame: Frame) -> Pixels:
     """The frame's I420 planes when it carries them, else its BGR image."""
     planes = getattr(frame, "planes", None)
     if planes is not None:
-        return planes  # type: ignore[no-any-return]
+        return planes
     return BgrPixels(frame.image)
 
 

@@ -25,7 +25,7 @@ from preprocess.face import LandmarkBackend
 from preprocess.pixels import Pixels
 from preprocess.smoothing import OneEuroFilter2D
 from preprocess.timing import StageTimer
-from preprocess.tracking import FaceTracker
+from preprocess.tracking import FaceTracker, median_rows
 
 Box = tuple[float, float, float, float]  # x, y, w, h in frame pixels
 
@@ -81,6 +81,8 @@ class FacePlacement:
         self._cfg = config
         self._timer = timer
         self._regions = backend.regions if backend is not None else regions.FACE_MESH_REGIONS
+        track_points = self._regions.track_points
+        self._track_points = list(track_points) if track_points is not None else None
         self._tracker = FaceTracker()
         self._smoother = OneEuroFilter2D(config.position_min_cutoff_hz, config.position_beta_hz_per_width_s)
         self._mask: regions.RegionMask | None = None
@@ -140,7 +142,8 @@ class FacePlacement:
             with self._timer.stage("tracking"):
                 self._track_origin = self._raw_offset
                 x, y, w, h = self._base_box  # type: ignore[misc]  # set together with the mask
-                self._tracker.start(pixels, landmarks, (x + self._offset[0], y + self._offset[1], w, h))
+                points = landmarks if self._track_points is None else landmarks[self._track_points]
+                self._tracker.start(pixels, points, (x + self._offset[0], y + self._offset[1], w, h))
         return True
 
     def _adopt(
@@ -165,7 +168,7 @@ class FacePlacement:
             mask = self._regions.rasterise(landmarks, pixels.width, pixels.height)
             self._mask = _skin_only(mask, pixels)
             self._anchor = landmarks if self._mask is not None else None
-            self._base_box = regions.face_box(landmarks) if self._mask is not None else None
+            self._base_box = self._regions.face_box(landmarks) if self._mask is not None else None
             self._offset, self._raw_offset = (0.0, 0.0), (0.0, 0.0)
             self.mask_redraws += 1
             self._smoother.reset(0.0, 0.0, t_s)
@@ -183,8 +186,8 @@ class FacePlacement:
         if self._anchor is None or self._base_box is None:
             return None
         moved = landmarks - self._anchor
-        translation = np.median(moved, axis=0)
-        residual = float(np.median(np.linalg.norm(moved - translation, axis=1)))
+        translation = median_rows(moved)
+        residual = float(median_rows(np.linalg.norm(moved - translation, axis=1)))
         if residual > self._cfg.reshape_tolerance_widths * self._base_box[2]:
             return None
         return float(translation[0]), float(translation[1])

@@ -99,17 +99,28 @@ def label_dtype(n_regions: int) -> type[np.unsignedinteger]:
 Rasteriser = Callable[[np.ndarray, int, int], "RegionMask | None"]
 
 
+def landmark_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
+    """(x, y, w, h) in pixels of all the landmarks' bounding box (a topology without a face outline)."""
+    x_min, y_min = landmarks.min(axis=0)
+    x_max, y_max = landmarks.max(axis=0)
+    return float(x_min), float(y_min), float(x_max - x_min), float(y_max - y_min)
+
+
 @dataclass(frozen=True, slots=True)
 class RegionSet:
-    """The regions a landmark topology defines: their names (the tensor's order) and how to draw them.
+    """What a landmark topology means to the pipeline: its regions (names in the tensor's order and how to
+    draw them), the face box, and the points that move with the head (for optical-flow tracking).
 
-    It travels with the landmark backend (`LandmarkBackend.regions`), because region polygons are
-    landmark indices and mean nothing for another model's points. `rasterise(landmarks, width, height)`
-    returns the bit mask with bit r for `names[r]`, in `label_dtype(len(names))`.
+    It travels with the landmark backend (`LandmarkBackend.regions`), because all three are landmark
+    indices and mean nothing for another model's points. `rasterise(landmarks, width, height)` returns
+    the bit mask with bit r for `names[r]`, in `label_dtype(len(names))`. `track_points` None tracks
+    every landmark.
     """
 
     names: tuple[str, ...]
     rasterise: Rasteriser
+    face_box: Callable[[np.ndarray], tuple[float, float, float, float]] = landmark_box
+    track_points: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         label_dtype(len(self.names))  # validates the count
@@ -132,12 +143,12 @@ def rasterise(landmarks: np.ndarray, frame_width: int, frame_height: int) -> Reg
     local = [p - origin for p in polygons]
     dtype = label_dtype(len(FACE_REGIONS))
     face = np.zeros((y1 - y0, x1 - x0), dtype)
-    cv2.fillPoly(face, [local[len(REGION_POLYGONS)]], FACE_BIT)
-    cv2.fillPoly(face, local[len(REGION_POLYGONS) + 1 :], 0)
+    cv2.fillPoly(face, [local[len(REGION_POLYGONS)]], (FACE_BIT,))
+    cv2.fillPoly(face, local[len(REGION_POLYGONS) + 1 :], (0,))
     labels = face | _halves(face, landmarks[list(MIDLINE)] - origin)
     for bit, poly in enumerate(local[: len(REGION_POLYGONS)]):
         plane = np.zeros_like(face)
-        cv2.fillPoly(plane, [poly], 1 << bit)
+        cv2.fillPoly(plane, [poly], (1 << bit,))
         labels |= plane
     preview = (*polygons[: len(REGION_POLYGONS) + 1],)
     return RegionMask(labels, x0, y0, preview)
@@ -156,8 +167,11 @@ def _halves(face: np.ndarray, midline: np.ndarray) -> np.ndarray:
     return np.where(face != 0, half, 0).astype(face.dtype)
 
 
+# Points that move with the head rather than with expressions: forehead centre and sides, nose bridge
+# and tip, inner and outer eye corners, cheekbones, chin.
+TRACK_POINTS: Final = (10, 151, 9, 8, 6, 197, 195, 5, 4, 1, 33, 133, 362, 263, 116, 345, 152, 234, 454, 199)
 # FaceMesh's 468-point topology: the regions of `contract.tensor.FACE_REGIONS`.
-FACE_MESH_REGIONS: Final = RegionSet(FACE_REGIONS, rasterise)
+FACE_MESH_REGIONS: Final = RegionSet(FACE_REGIONS, rasterise, face_box, TRACK_POINTS)
 
 
 def full_frame_mask(frame_width: int, frame_height: int) -> RegionMask:

@@ -1,0 +1,168 @@
+"""The preprocessor's parts on their own: stage timer, region sets and label masks, I420 crops and patches,
+the tracker's whole-factor shrink, and a landmark backend that brings its own regions."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from capture.frame import Frame
+from capture.yuv import I420Planes, YuvFrame
+from contract.tensor import MAX_REGIONS
+from preprocess import PreprocessConfig, Preprocessor, extract, patches
+from preprocess.face import BACKENDS, backend_named
+from preprocess.pixels import BgrPixels
+from preprocess.regions import RegionMask, RegionSet, label_dtype
+from preprocess.timing import StageTimer
+from preprocess.tracking import TRACK_WIDTH_PX, FaceTracker
+
+
+def random_planes(rng: np.random.Generator, width: int, height: int) -> I420Planes:
+    """Smooth random I420 content (skin-ish chroma), so that resizing has something to average."""
+
+    def smooth(low: int, high: int, w: int, h: int) -> np.ndarray:
+        coarse = rng.integers(low, high, (h // 16, w // 16), dtype=np.uint8)
+        return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+
+    y = smooth(60, 180, width, height)
+    return I420Planes(y, smooth(105, 122, width // 2, height // 2), smooth(138, 160, width // 2, height // 2))
+
+
+def test_stage_timer_bills_each_block_to_its_own_stage():
+    timer = StageTimer(("a", "b"))
+    with timer.stage("a"):
+        time.sleep(0.02)
+    with timer.stage("a"):
+        pass
+    assert timer.seconds["a"] >= 0.02
+    assert timer.seconds["b"] == 0.0
+    with pytest.raises(KeyError):
+        timer.stage("c")
+
+
+def test_label_mask_type_is_sized_to_the_region_count():
+    assert label_dtype(1) is np.uint8 and label_dtype(8) is np.uint8
+    assert label_dtype(9) is np.uint16 and label_dtype(MAX_REGIONS) is np.uint16
+    with pytest.raises(ValueError, match="1 to 16"):
+        label_dtype(MAX_REGIONS + 1)
+    with pytest.raises(ValueError):
+        RegionSet(tuple(f"r{i}" for i in range(17)), lambda landmarks, w, h: None)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kernel_reads_sixteen_regions_from_a_uint16_mask_like_the_reference(seed):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    labels = rng.integers(0, 1 << MAX_REGIONS, (40, 50)).astype(np.uint16)
+    args = (image, labels, 7 - seed * 5, 9, int(rng.integers(0, 256)), int(rng.integers(0, 256)), MAX_REGIONS)
+    for use_skin_rule in (False, True):
+        fast = extract.region_sums(*args, use_skin_rule)
+        slow = extract.region_sums_reference(*args, use_skin_rule)
+        for a, b in zip(fast, slow, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # Region 15 really is read: it has pixels of its own.
+    assert extract.region_sums(*args, False)[1][15] > 0
+
+
+def test_face_crop_at_the_whole_frame_copys_scale_is_a_block_of_that_copy():
+    rng = np.random.default_rng(4)
+    planes = random_planes(rng, 1280, 720)
+    small = planes.small_bgr(640, 360)
+    # Aligned to the copy's grid (and its chroma grid): factor 2, so multiples of 4 px.
+    crop = planes.resized_crop(400, 120, 800, 520, 200, 200)
+    np.testing.assert_array_equal(crop, small[60:260, 200:400])
+
+
+def test_patch_from_i420_planes_matches_the_converted_crop_within_a_level_or_two():
+    rng = np.random.default_rng(5)
+    planes = random_planes(rng, 640, 480)
+    x0, y0, side = 100, 60, 288
+    from_planes = patches.patch_of(planes, x0, y0, side)
+    from_bgr = patches.to_patch(planes.crop_bgr(x0, y0, x0 + side, y0 + side))
+    assert from_planes.shape == (72, 72, 3) and from_planes.dtype == np.uint8
+    difference = np.abs(from_planes.astype(int) - from_bgr.astype(int))
+    assert difference.mean() < 1.0 and difference.max() <= 6
+    # BGR frames give the same patch the old way (a view, resized, to RGB).
+    bgr = BgrPixels(planes.to_bgr())
+    np.testing.assert_array_equal(patches.patch_of(bgr, x0, y0, side), from_bgr)
+
+
+@pytest.mark.parametrize("face_width_px", [60, 120, 200, 333, 900])
+def test_tracker_shrinks_the_face_area_by_a_whole_factor(face_width_px):
+    rng = np.random.default_rng(6)
+    planes = random_planes(rng, 1920, 1080)
+    points = (np.array([500.0, 300.0]) + rng.uniform(0, face_width_px, (20, 2))).astype(np.float32)
+    tracker = FaceTracker()
+    tracker.start(planes, points, (500.0, 300.0, float(face_width_px), float(face_width_px)))
+    x0, y0, x1, y1 = tracker._rect  # type: ignore[misc]
+    factor = round(1 / tracker._scale)
+    assert (x1 - x0) % factor == 0 and (y1 - y0) % factor == 0
+    assert (x1 - x0) // factor <= TRACK_WIDTH_PX
+    assert (x1 - x0) // factor > TRACK_WIDTH_PX // 2 or factor == 1
+    assert tracker.update(planes) == (0.0, 0.0)  # the same frame again: no motion
+
+
+class TenRegionBackend:
+    """A landmark backend with a topology of its own: ten vertical stripes over a fixed face box."""
+
+    def __init__(self) -> None:
+        self.regions = RegionSet(tuple(f"stripe_{i}" for i in range(10)), self._rasterise)
+
+    @staticmethod
+    def _rasterise(landmarks: np.ndarray, width: int, height: int) -> RegionMask | None:
+        labels = np.zeros((40, 100), label_dtype(10))
+        for stripe in range(10):
+            labels[:, stripe * 10 : stripe * 10 + 10] = 1 << stripe
+        return RegionMask(labels, 20, 30, ())
+
+    def detect(self, pixels: object) -> np.ndarray:
+        return np.array([[20.0, 30.0], [120.0, 30.0], [120.0, 70.0], [20.0, 70.0]], np.float32)
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_backends_region_set_names_the_tensors_regions_and_fills_all_ten():
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[:] = (120, 150, 200)  # BGR skin tone, passes the skin rule
+    image[30:70, 20:120, 2] = np.repeat(np.arange(180, 230, 5, dtype=np.uint8), 10)  # red per stripe
+    pre = Preprocessor(PreprocessConfig(min_usable_s=0.1), backend=TenRegionBackend())
+    for i in range(160):  # 5.3 s, the tensor format's minimum
+        pre.push(Frame(image, i / 30.0, i))
+    measurement = pre.finish()
+    assert measurement.meta.regions == tuple(f"stripe_{i}" for i in range(10))
+    assert measurement.rgb.shape == (160, 10, 3)
+    np.testing.assert_allclose(measurement.rgb[-1, :, 0], np.arange(180, 230, 5), atol=1e-3)
+    assert (measurement.skin_px[-1] == 400).all()
+
+
+def test_landmark_backend_is_chosen_by_name():
+    assert set(BACKENDS) >= {"facemesh", "facemesh-frame", "facemesh-crop"}
+    with pytest.raises(ValueError, match="landmarks must be one of"):
+        backend_named("dlib")
+    with pytest.raises(ValueError, match="landmarks must be one of"):
+        Preprocessor(PreprocessConfig(landmarks="dlib"))
+
+
+def test_yuv_frames_and_bgr_frames_give_the_same_traces():
+    rng = np.random.default_rng(7)
+    planes = random_planes(rng, 160, 120)
+    bgr = planes.to_bgr()
+    results = []
+    for frame_of in (
+        lambda i: YuvFrame(t_s=i / 30.0, index=i, planes=planes),
+        lambda i: Frame(bgr, i / 30.0, i),
+    ):
+        pre = Preprocessor(
+            PreprocessConfig(min_usable_s=0.1, include_patches=False), backend=TenRegionBackend()
+        )
+        for i in range(160):
+            pre.push(frame_of(i))
+        results.append(pre.finish().rgb)
+    np.testing.assert_array_equal(results[0], results[1])
