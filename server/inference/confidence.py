@@ -22,19 +22,19 @@ MIN_COVERAGE: Final = 0.5
 # (docs/vitals.md, "Confidence calibration", gives the data and the reliability curve). The first uses
 # the face halves' split-half coherence; tensors without both halves get the second.
 HR_MODEL_SPLIT: Final = {
-    "intercept": -3.971,
-    "margin": 2.485,
-    "split_half_held": 2.107,
-    "support": 1.073,
-    "sharpness_db": 0.181,
-    "roughness_bpm": -1.346,
+    "intercept": -3.860,
+    "margin": 3.000,
+    "split_half_held": 2.153,
+    "support": 0.542,
+    "sharpness_db": 0.149,
+    "roughness_bpm": -1.320,
 }
 HR_MODEL_PLAIN: Final = {
-    "intercept": -3.037,
-    "margin": 2.665,
-    "support": 1.866,
-    "sharpness_db": 0.181,
-    "roughness_bpm": -2.206,
+    "intercept": -2.969,
+    "margin": 3.064,
+    "support": 1.508,
+    "sharpness_db": 0.156,
+    "roughness_bpm": -2.185,
 }
 NOISE_FLOOR: Final = 0.15
 HRV_SNR_CENTER_DB: Final = 6.0
