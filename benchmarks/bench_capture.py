@@ -1,7 +1,9 @@
 """Decode throughput of the replay source against a bare cv2.VideoCapture loop, at 480p, 720p and 1080p.
 
 Replay feeds every test, benchmark and offline measurement, so it must not be the bottleneck: the target
-is at least the speed of the simplest OpenCV read loop on the same file, measured in the same run.
+is at least the speed of the simplest OpenCV read loop on the same file, measured in the same run. The
+files are what a webcam stores (`capture.synthetic.render_bench_video`: sensor noise, natural motion,
+H.264 crf 23); a noise-free texture decodes much faster than any camera's video.
 "replay bgr" converts every frame like the OpenCV loop does (the like-for-like comparison); "replay i420"
 is the default, whose frames carry the decoder's planes and convert to BGR only on access.
 
@@ -16,36 +18,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import av
 import cv2
-import numpy as np
 
 from capture import VideoFileSource
+from capture.synthetic import render_bench_video
 
-SIZES = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
-FPS = 30
-
-
-def make_video(path: Path, width: int, height: int, duration_s: float) -> None:
-    """A moving textured H.264 video (High profile, CABAC, B-frames: what phones and x264 produce)."""
-    rng = np.random.default_rng(0)
-    texture = cv2.resize(
-        rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8),
-        (width, height),
-        interpolation=cv2.INTER_CUBIC,
-    )
-    tmp = path.with_suffix(".partial.mp4")
-    with av.open(str(tmp), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "20"}
-        for i in range(round(duration_s * FPS)):
-            image = np.roll(texture, (i, 2 * i), axis=(0, 1))
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    tmp.rename(path)
+SIZES = ("480p", "720p", "1080p")
 
 
 def bare_opencv(path: Path) -> int:
@@ -87,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "vitalcam-bench")
-    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", choices=SIZES, default=list(SIZES))
     args = parser.parse_args(argv)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -97,10 +75,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
         f"{'replay i420 fps':>16} {'ratio':>6}"
     )
     for name in args.sizes:
-        width, height = SIZES[name]
-        path = args.cache_dir / f"bench_{name}_{args.duration_s:g}s.mp4"
+        path = args.cache_dir / f"webcam_{name}_{args.duration_s:g}s.mp4"
         if not path.exists():
-            make_video(path, width, height, args.duration_s)
+            render_bench_video(path, name, args.duration_s)
         frames = replay_source(path)  # warm the page cache and check both readers agree on the count
         if frames != bare_opencv(path):
             raise SystemExit(f"{path}: replay and OpenCV disagree on the frame count")

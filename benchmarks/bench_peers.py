@@ -1,0 +1,240 @@
+"""Replay throughput against peers: vitalcam, open-rppg and vitallens preprocessing, and the decode ceilings.
+
+Run: `python -m benchmarks.bench_peers [--sizes 480p,720p,1080p] [--repeats 3] [--cache-dir DIR] [--no-peers]`.
+
+Every system reads the same files, each in its own process pinned to one core (`os.sched_setaffinity`),
+best of `--repeats`, all in the same run, so that the ratios hold on whatever else the machine is doing.
+The inputs are what a webcam stores (`capture.synthetic.render_bench_video`: sensor noise sigma 2, natural
+head motion, light drift, H.264 crf 23, 30 s at 30 fps) at 480p, 720p and 1080p, plus the real subjects of
+../shared/data/ubfc-dev (640x480 H.264) when that folder is present.
+
+Peers are installed on first use into their own virtual environments under `--cache-dir` with pip (they
+need numpy 2, vitalcam pins numpy 1.26 for mediapipe, so never into ours):
+  * open-rppg 0.1.1: `Model.process_video(path)` (PyAV decode to RGB, BlazeFace every 5th frame, a Kalman
+    box, crop and 72x72 resize) with the network call replaced by zeros: its preprocessing alone.
+  * vitallens 0.6.2, method "pos", from a path: its ffmpeg reader (the child processes are pinned with
+    it), face detection and POS. Skipped when no `ffmpeg` is on PATH.
+Ceilings: PyAV decoding with no conversion on one thread (what any replay must at least pay), and the bare
+`cv2.VideoCapture.read()` loop (decode plus BGR conversion). vitalcam runs `process(open_source(path))`,
+pinned to one core and, separately, on two cores (its decode thread and FFmpeg's then get the second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+UBFC_DEV = REPO.parent / "shared" / "data" / "ubfc-dev"
+PEERS = {"open-rppg": "open-rppg==0.1.1", "vitallens": "vitallens==0.6.2"}
+
+# Each child prints {"frames": N, "seconds": S} for one timed pass over the file in argv[1].
+_PYAV = """
+import av, json, sys, time
+with av.open(sys.argv[1]) as container:
+    stream = container.streams.video[0]
+    stream.thread_count = 1
+    start = time.perf_counter(); n = 0
+    for frame in container.decode(stream):
+        n += 1
+    print(json.dumps({"frames": n, "seconds": time.perf_counter() - start}))
+"""
+_CV2 = """
+import cv2, json, sys, time
+cv2.setNumThreads(1)
+capture = cv2.VideoCapture(sys.argv[1])
+start = time.perf_counter(); n = 0
+while capture.read()[0]:
+    n += 1
+print(json.dumps({"frames": n, "seconds": time.perf_counter() - start}))
+"""
+_VITALCAM = """
+import json, sys, time
+from capture import open_source
+from preprocess import PreprocessConfig, Preprocessor, process
+Preprocessor().close()  # load the models and the numba cache before the clock starts
+start = time.perf_counter()
+with open_source(sys.argv[1]) as source:
+    measurement = process(source, PreprocessConfig(source="video", min_usable_s=1.0, min_face_share=0.0))
+print(json.dumps({"frames": measurement.n_frames, "seconds": time.perf_counter() - start}))
+"""
+_OPEN_RPPG = """
+import json, logging, sys, time
+import numpy as np
+logging.disable(logging.WARNING)
+import rppg
+model = rppg.Model()
+n_clip = model.input[0]
+model.call = lambda clip, state: ({"bvp": np.zeros(n_clip)}, state)  # the network, stubbed
+start = time.perf_counter()
+model.process_video(sys.argv[1])
+frames = model.statistic["key"] + model.statistic["dependent"]
+print(json.dumps({"frames": frames, "seconds": time.perf_counter() - start}))
+"""
+_VITALLENS = """
+import json, sys, time
+from vitallens import VitalLens
+vl = VitalLens(method="pos")
+start = time.perf_counter()
+vl(sys.argv[1])
+print(json.dumps({"frames": int(sys.argv[2]), "seconds": time.perf_counter() - start}))
+"""
+
+
+_OPEN_RPPG_NAME = "open-rppg 0.1.1 preprocessing (network stubbed)"
+_VITALCAM_ONE_CORE = "**vitalcam process(open_source(path))**"
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    name: str
+    script: str
+    python: Callable[[], Path | None]  # the interpreter, or None when unavailable (with a reason printed)
+    cores: int = 1
+
+
+def _ours() -> Path:
+    return Path(sys.executable)
+
+
+def peer_python(cache_dir: Path, name: str) -> Path | None:
+    """The interpreter of the peer's own venv under cache_dir, created and pip-installed on first use."""
+    venv = cache_dir / f"{name}-venv"
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if not marker.exists():
+        print(f"installing {PEERS[name]} into {venv} (first use) ...", flush=True)
+        base = getattr(sys, "_base_executable", sys.executable)
+        result = subprocess.run([base, "-m", "venv", "--clear", str(venv)], capture_output=True, text=True)
+        if result.returncode == 0:
+            result = subprocess.run(
+                [str(python), "-m", "pip", "install", "--quiet", PEERS[name]],
+                capture_output=True,
+                text=True,
+            )
+        if result.returncode != 0:
+            print(f"  {name}: install failed, skipped\n{result.stderr[-2000:]}", flush=True)
+            return None
+        marker.touch()
+    return python
+
+
+def frame_count(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def time_once(system: System, python: Path, path: Path, frames: int) -> float | None:
+    """Frames per second of one run in a fresh process pinned to `system.cores` cores, or None."""
+    cores = sorted(os.sched_getaffinity(0))[: system.cores]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [str(python), "-c", system.script, str(path), str(frames)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),  # children (ffmpeg) inherit it
+        timeout=900,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        print(f"  {system.name} on {path.name} failed:\n{result.stderr[-1500:]}", flush=True)
+        return None
+    run = json.loads(lines[-1])
+    return float(run["frames"] / run["seconds"])
+
+
+def inputs(cache_dir: Path, sizes: list[str], duration_s: float, ubfc: Path | None) -> list[tuple[str, Path]]:
+    """(label, path) of every benchmark video: the renders, then the real subjects when present."""
+    from capture.synthetic import render_bench_video
+
+    videos = []
+    for size in sizes:
+        path = cache_dir / f"webcam_{size}_{duration_s:g}s.mp4"
+        if not path.exists():
+            print(f"rendering {path} ...", flush=True)
+            render_bench_video(path, size, duration_s)
+        videos.append((f"webcam render {size}", path))
+    if ubfc is not None and ubfc.is_dir():
+        for subject in sorted(ubfc.glob("subject*/vid.mp4")):
+            videos.append((f"ubfc-dev {subject.parent.name} (real, 640x480)", subject))
+    return videos
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="480p,720p,1080p")
+    parser.add_argument("--duration-s", type=float, default=30.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "vitalcam-bench-peers"
+    )
+    parser.add_argument("--ubfc", type=Path, default=UBFC_DEV, help="real videos (skipped when absent)")
+    parser.add_argument("--no-peers", action="store_true", help="only vitalcam and the decode ceilings")
+    args = parser.parse_args(argv)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    systems = [
+        System("PyAV decode, no conversion, 1 thread (ceiling)", _PYAV, _ours),
+        System("cv2 VideoCapture.read() (BGR)", _CV2, _ours),
+    ]
+    if not args.no_peers:
+        systems.append(
+            System(
+                "open-rppg 0.1.1 preprocessing (network stubbed)",
+                _OPEN_RPPG,
+                lambda: peer_python(args.cache_dir, "open-rppg"),
+            )
+        )
+        if shutil.which("ffmpeg"):
+            systems.append(
+                System(
+                    "vitallens 0.6.2 POS from a path",
+                    _VITALLENS,
+                    lambda: peer_python(args.cache_dir, "vitallens"),
+                )
+            )
+        else:
+            print("vitallens: skipped (it reads videos with an ffmpeg child process; no ffmpeg on PATH)")
+    systems.append(System(_VITALCAM_ONE_CORE, _VITALCAM, _ours))
+    two_core = System("vitalcam process(open_source(path)), decode thread", _VITALCAM, _ours, cores=2)
+    if len(os.sched_getaffinity(0)) >= 2:
+        systems.append(two_core)
+    pythons = {system.name: system.python() for system in systems}
+    for label, path in inputs(args.cache_dir, args.sizes.split(","), args.duration_s, args.ubfc):
+        frames = frame_count(path)
+        # Repeats go round all systems in turn, so that load from elsewhere hits them alike; best of N.
+        best: dict[str, float | None] = {}
+        for _ in range(args.repeats):
+            for system in systems:
+                python = pythons[system.name]
+                fps = time_once(system, python, path, frames) if python is not None else None
+                previous = best.get(system.name)
+                best[system.name] = max(fps, previous or 0.0) if fps is not None else previous
+        ceiling = best.get(systems[0].name)
+        print(f"\n### {label}: {path} ({frames} frames)\n")
+        print("| system | cores | fps | vs PyAV ceiling |")
+        print("| --- | --- | --- | --- |")
+        for system in systems:
+            fps = best.get(system.name)
+            ratio = f"{fps / ceiling:.2f}" if fps is not None and ceiling else "—"
+            shown = f"{fps:.0f}" if fps is not None else "failed"
+            print(f"| {system.name} | {system.cores} | {shown} | {ratio} |", flush=True)
+        ours, peer = best.get(_VITALCAM_ONE_CORE), best.get(_OPEN_RPPG_NAME)
+        if ours and peer:
+            print(f"\nvitalcam / open-rppg on one core: {ours / peer:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
