@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from contract import __version__
 from contract import errors as codes
 from server.config import ServerConfig
-from server.errors import error_response, install_error_handlers
+from server.errors import error_response, install_error_handlers, unavailable_message
 from server.jobs import InferenceRunner, InProcessRunner
 from server.middleware import RequestGuardMiddleware, ResponseHeadersMiddleware, limit_headers
 from server.processing import InferFn, default_infer
@@ -104,7 +104,7 @@ async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return error_response(
         code.http_status,
         code.code,
-        f"A storage service is unavailable ({str(exc)[:200]}); nothing was lost, retry shortly",
+        unavailable_message(exc),
         code.retryable,
         headers={"Retry-After": "2"},
     )

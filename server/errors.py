@@ -74,6 +74,11 @@ def invalid_key() -> ApiError:
     return ApiError.of(codes.API_KEY_INVALID, "Invalid, revoked, or missing API key")
 
 
+def unavailable_message(exc: Exception) -> str:
+    """The message of 503 SERVICE_UNAVAILABLE: which service, and that repeating the request is safe."""
+    return f"A storage service is unavailable ({str(exc)[:200]}); nothing was lost, retry shortly"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

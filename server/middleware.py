@@ -15,9 +15,10 @@ from typing import Any
 from fastapi.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract import errors as codes
 from server.config import ServerConfig
-from server.errors import error_response, invalid_key
-from server.stores.base import AuthedKey, RateState, UsageState
+from server.errors import error_response, invalid_key, unavailable_message
+from server.stores.base import AuthedKey, RateState, StoreUnavailable, UsageState
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UPLOAD_PATH_PREFIX = "/sdk/upload/"
@@ -88,7 +89,15 @@ class RequestGuardMiddleware:
         config = self.config
         if scope["path"].startswith(KEYED_PATH_PREFIX):
             key = _header(scope, b"x-api-key")
-            if await run_in_threadpool(self.authenticate, key) is None:
+            try:
+                authed = await run_in_threadpool(self.authenticate, key)
+            except StoreUnavailable as exc:  # raised out here, FastAPI's handlers would never see it
+                code = codes.SERVICE_UNAVAILABLE
+                await _refuse(
+                    scope, receive, send, code.http_status, code.code, unavailable_message(exc), True
+                )
+                return
+            if authed is None:
                 error = invalid_key()
                 await _refuse(scope, receive, send, error.status_code, error.code, error.message)
                 return

@@ -16,9 +16,11 @@ then answers and (PERSIST_VITALS=false) deletes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
@@ -39,6 +41,8 @@ MAX_TRIES: Final = 2
 DEFAULT_JOB_TIMEOUT_S: Final = 120.0
 _POLL_FIRST_S: Final = 0.02
 _POLL_MAX_S: Final = 0.25
+_REQUEUE_S: Final = 3.0
+_STORE_RETRY_MAX_S: Final = 2.0
 
 
 class ResultPending(ApiError):
@@ -77,13 +81,17 @@ class QueueRunner:
         return self._pool
 
     async def run(self, session: SessionRow, max_bytes: int) -> Outcome:
+        await self._enqueue(session.id)
+        return await self._wait(session, self._config.result_wait_s)
+
+    async def _enqueue(self, session_id: str) -> None:
+        """Queue the session's job. The session id is the job id, so while a job for it is queued or
+        running (a retry included) this adds nothing: repeating it is always safe."""
         pool = await self._redis()
         try:
-            # The session id is the job id: a job already queued for it is not queued twice.
-            await pool.enqueue_job(JOB_NAME, session.id, _job_id=session.id)
+            await pool.enqueue_job(JOB_NAME, session_id, _job_id=session_id)
         except Exception as exc:
             raise StoreUnavailable(f"queue unreachable: {exc}") from exc
-        return await self._wait(session, self._config.result_wait_s)
 
     async def wait_elsewhere(self, session_id: str) -> Outcome | None:
         session = await asyncio.to_thread(self._sessions.get_session, session_id)
@@ -92,18 +100,40 @@ class QueueRunner:
         return await self._wait(session, self._config.result_wait_s)
 
     async def _wait(self, session: SessionRow, wait_s: float) -> Outcome:
-        deadline_s = time.monotonic() + wait_s
+        """Poll the session row until a worker has stored the outcome, or `wait_s` has passed.
+
+        The job is queued again (a no-op while it exists) every few seconds, so a job that never reached
+        the queue or was lost with it (Redis keeps no queue on disk, so its restart empties it) is
+        queued again rather than waited for in vain. A database that is down for a moment is waited out;
+        down at the deadline, the answer is 503 SERVICE_UNAVAILABLE and the outcome is kept for the
+        client's retry.
+        """
+        started_s = time.monotonic()
+        deadline_s = started_s + wait_s
+        requeue_at_s = started_s  # also at once: the caller may be retrying after a lost enqueue
         delay_s = _POLL_FIRST_S
+        unavailable: StoreUnavailable | None = None
         while True:
-            row = await asyncio.to_thread(self._sessions.get_session, session.id)
-            if row is None:
-                raise ApiError.of(codes.SESSION_NOT_FOUND, "Session not found")
-            if row.response is not None and row.status in RESULT_STATUSES:
-                return Outcome(body=row.response, measured=row.status == SessionStatus.COMPLETED)
+            if time.monotonic() >= requeue_at_s:
+                requeue_at_s = time.monotonic() + _REQUEUE_S
+                with contextlib.suppress(StoreUnavailable):
+                    await self._enqueue(session.id)
+            try:
+                row = await asyncio.to_thread(self._sessions.get_session, session.id)
+                unavailable = None
+            except StoreUnavailable as exc:
+                unavailable, row = exc, None
+            if unavailable is None:
+                if row is None:
+                    raise ApiError.of(codes.SESSION_NOT_FOUND, "Session not found")
+                if row.response is not None and row.status in RESULT_STATUSES:
+                    return Outcome(body=row.response, measured=row.status == SessionStatus.COMPLETED)
             if time.monotonic() >= deadline_s:
                 break
             await asyncio.sleep(delay_s)
             delay_s = min(_POLL_MAX_S, delay_s * 1.5)
+        if unavailable is not None:
+            raise unavailable
         if self._config.persist_vitals:
             raise ResultPending(wait_s)
         return _timed_out(session, wait_s)
@@ -133,21 +163,45 @@ async def infer_session(ctx: dict[str, Any], session_id: str) -> None:
     blobs: BlobStore = ctx["blobs"]
     infer: InferFn = ctx["infer"]
     max_bytes: int = ctx["max_bytes"]
-    await asyncio.to_thread(_infer_session, sessions, blobs, infer, max_bytes, session_id)
+    deadline_s = time.monotonic() + ctx["store_wait_s"]
+    await asyncio.to_thread(_infer_session, sessions, blobs, infer, max_bytes, session_id, deadline_s)
 
 
 def _infer_session(
-    sessions: SessionStore, blobs: BlobStore, infer: InferFn, max_bytes: int, session_id: str
+    sessions: SessionStore,
+    blobs: BlobStore,
+    infer: InferFn,
+    max_bytes: int,
+    session_id: str,
+    deadline_s: float,
 ) -> None:
-    session = sessions.get_session(session_id)
+    session = _retrying(lambda: sessions.get_session(session_id), deadline_s)
     if session is None or session.status != SessionStatus.PROCESSING:
         return  # answered already (e.g. timed out and deleted): nothing to do, and nothing to keep
-    payload = blobs.read(session_id, max_bytes)
+    payload = _retrying(lambda: blobs.read(session_id, max_bytes), deadline_s)
     if payload is None:
         return
     outcome = process_upload(session_id, payload, session.demographics, session.fallback_config, infer)
     status = SessionStatus.COMPLETED if outcome.measured else SessionStatus.FAILED
-    sessions.store_response(session_id, status, outcome.body, time.time())
+    _retrying(lambda: sessions.store_response(session_id, status, outcome.body, time.time()), deadline_s)
+
+
+T = TypeVar("T")
+
+
+def _retrying(action: Callable[[], T], deadline_s: float) -> T:
+    """A store call, repeated while the store is unreachable (a PostgreSQL restart, an S3 blip) until
+    `deadline_s`: arq does not retry a job that raised, and the API is still waiting for this one."""
+    delay_s = 0.2
+    while True:
+        try:
+            return action()
+        except StoreUnavailable as exc:
+            if time.monotonic() + delay_s >= deadline_s:
+                raise
+            log.warning("store unavailable in an inference job, retrying in %.1f s: %s", delay_s, exc)
+            time.sleep(delay_s)
+            delay_s = min(_STORE_RETRY_MAX_S, delay_s * 2)
 
 
 def make_worker(
@@ -167,6 +221,8 @@ def make_worker(
         ctx["blobs"] = open_blob_store(config)
         ctx["infer"] = infer or default_infer
         ctx["max_bytes"] = config.max_upload_bytes
+        # Store retries end before arq's job timeout would cancel the job.
+        ctx["store_wait_s"] = max(1.0, job_timeout_s - 2.0)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         for name in ("blobs", "sessions"):

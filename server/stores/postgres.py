@@ -26,7 +26,7 @@ from typing import Any, Final, cast
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from contract.sessions import SessionStatus
@@ -92,6 +92,11 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             PRIMARY KEY (key_id, window_start)
         );
         """,
+    ),
+    (
+        2,
+        "responses as json, not jsonb: the answer's key order (the spec's vitals order) is kept",
+        "ALTER TABLE sessions ALTER COLUMN response TYPE json USING response::json;",
     ),
 )
 _MIGRATION_LOCK: Final = 0x76697461  # pg_advisory_xact_lock key shared by every vitalcam process
@@ -317,7 +322,7 @@ class PostgresSessionStore:
                 conn.execute(
                     "UPDATE sessions SET status = %s, response = %s, completed_at = %s "
                     "WHERE id = %s AND status = 'processing'",
-                    (status.value, Jsonb(response), completed_at_s, session_id),
+                    (status.value, Json(response), completed_at_s, session_id),
                 ).rowcount
                 == 1
             )

@@ -29,6 +29,7 @@ from botocore.config import Config
 from server.stores.base import StoreUnavailable, checked_session_id
 
 LIFECYCLE_RULE_ID = "vitalcam-uploads-backstop"
+_ALREADY_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 _UNREACHABLE = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectionClosedError,
@@ -117,7 +118,11 @@ class S3BlobStore:
             try:
                 self._s3.head_bucket(Bucket=self.location.bucket)
             except botocore.exceptions.ClientError:
-                self._s3.create_bucket(Bucket=self.location.bucket)
+                try:
+                    self._s3.create_bucket(Bucket=self.location.bucket)
+                except botocore.exceptions.ClientError as exc:  # another process starting made it first
+                    if exc.response.get("Error", {}).get("Code") not in _ALREADY_EXISTS:
+                        raise
             self._s3.put_bucket_lifecycle_configuration(
                 Bucket=self.location.bucket,
                 LifecycleConfiguration={
