@@ -301,37 +301,53 @@ def process(
 ) -> Measurement:
     """Preprocess a whole recording (replay) into a measurement.
 
-    With `prefetch` the source is read in a background thread, so decoding (which releases the GIL in
-    PyAV and OpenCV) overlaps with preprocessing on the second core. Progress events are
-    ("preprocess", percent) while frames flow, when the source knows its length, then ("build", 100).
+    With `prefetch` decoding runs beside preprocessing on a second core: in a child process for a video
+    file (`VideoFileSource.decoded_elsewhere`; a decode *thread* barely overlaps, because PyAV hands the
+    GIL back and forth around every FFmpeg call), in a thread for any other source. It starts before
+    the landmark model loads, so the two start-ups overlap too. Progress events are ("preprocess",
+    percent) while frames flow, when the source knows its length, then ("build", 100).
     """
     config = config or PreprocessConfig(source="video")
     if config.video_bits_per_pixel is None:
         bits_per_pixel = getattr(getattr(frames, "info", None), "bits_per_pixel", None)
         if isinstance(bits_per_pixel, float):
             config = dataclasses.replace(config, video_bits_per_pixel=bits_per_pixel)
-    # Nobody watches a replay's features: no pulse preview (a POS over 10 s every 15 frames).
-    pre = Preprocessor(
-        dataclasses.replace(config, preview_every_frames=0), backend=backend, frame_size=frame_size
-    )
     total = _expected_frames(frames)
-    last_percent = -1.0
+    source = _decoded_beside(frames) if prefetch else iter(frames)
     try:
-        for frame in _prefetched(frames) if prefetch else frames:
-            pre.push(frame)
-            if progress is not None and total:
-                percent = min(99.0, math.floor(100.0 * pre.frames_seen / total))
-                if percent > last_percent:
-                    progress("preprocess", percent)
-                    last_percent = percent
-        if progress is not None:
-            progress("preprocess", 100.0)
-        measurement = pre.finish()
-        if progress is not None:
-            progress("build", 100.0)
-        return measurement
+        # Nobody watches a replay's features: no pulse preview (a POS over 10 s every 15 frames).
+        pre = Preprocessor(
+            dataclasses.replace(config, preview_every_frames=0), backend=backend, frame_size=frame_size
+        )
+        try:
+            last_percent = -1.0
+            for frame in source:
+                pre.push(frame)
+                if progress is not None and total:
+                    percent = min(99.0, math.floor(100.0 * pre.frames_seen / total))
+                    if percent > last_percent:
+                        progress("preprocess", percent)
+                        last_percent = percent
+            if progress is not None:
+                progress("preprocess", 100.0)
+            measurement = pre.finish()
+            if progress is not None:
+                progress("build", 100.0)
+            return measurement
+        finally:
+            pre.close()
     finally:
-        pre.close()
+        close = getattr(source, "close", None)
+        if callable(close):
+            close()
+
+
+def _decoded_beside(frames: Iterable[Frame]) -> Iterator[Frame]:
+    """The frames decoded on another core: by the source's own child process when it has one."""
+    elsewhere = getattr(frames, "decoded_elsewhere", None)
+    if callable(elsewhere):
+        return iter(elsewhere())
+    return _prefetched(frames)
 
 
 def _expected_frames(frames: Iterable[Frame]) -> int | None:

@@ -602,3 +602,66 @@ def test_rotated_replay_frames_are_converted_upright_bgr(tmp_path: Path) -> None
     with VideoFileSource(path) as source:
         frames = list(source)
     assert not any(isinstance(f, YuvFrame) for f in frames) and frames[0].image.shape == (64, 48, 3)
+
+
+# --- decoding in a child process (replay on two cores) ---------------------------------------------
+
+
+def _background(source: VideoFileSource):
+    from capture.video import BackgroundDecode
+
+    return BackgroundDecode(source, slots=4)
+
+
+def test_background_decode_delivers_the_same_frames_as_decoding_here(tmp_path: Path) -> None:
+    path = tmp_path / "bg.mp4"
+    written = write_video(path, n_frames=40, width=160, height=120, image_fn=noise_image)
+    with VideoFileSource(path) as source:
+        here = [(f.t_s, f.index, f.image.copy()) for f in source]
+        elsewhere = _background(source)
+        got = []
+        previous = None
+        for frame in elsewhere:
+            assert isinstance(frame, YuvFrame) and frame.planes is not None
+            if previous is not None:  # the frame before is still intact (the tracker may read its Y plane)
+                np.testing.assert_array_equal(previous[1].planes.y, previous[0])
+            previous = (frame.planes.y.copy(), frame)
+            got.append((frame.t_s, frame.index, frame.image.copy()))
+    assert len(got) == len(here) == 40
+    np.testing.assert_allclose([g[0] for g in got], written, atol=1e-6)
+    for (t_a, i_a, image_a), (t_b, i_b, image_b) in zip(here, got, strict=True):
+        assert t_a == t_b and i_a == i_b
+        np.testing.assert_array_equal(image_a, image_b)
+
+
+def test_background_decode_reports_damage_after_the_good_frames(tmp_path: Path) -> None:
+    path = tmp_path / "whole.mp4"
+    write_video(path, n_frames=60, width=160, height=120, faststart=True, image_fn=noise_image)
+    cut = truncate(path, 0.6)
+    with VideoFileSource(cut) as source:
+        inline = []
+        with pytest.raises(VideoFileError) as here:
+            inline.extend(f.t_s for f in source)
+        got = []
+        with pytest.raises(VideoFileError) as elsewhere:
+            got.extend(f.t_s for f in _background(source))
+    assert got == inline and 10 < len(got) < 60
+    assert str(elsewhere.value) == str(here.value)
+
+
+def test_background_decode_stopped_early_ends_its_child_and_frees_the_memory(tmp_path: Path) -> None:
+    from multiprocessing.shared_memory import SharedMemory
+
+    path = tmp_path / "long.mp4"
+    write_video(path, n_frames=90, width=160, height=120)
+    with VideoFileSource(path) as source:
+        frames = _background(source)
+        first = next(frames)
+        name = frames._shm.name
+        frames.close()
+    assert first.index == 0
+    assert frames._process.poll() is not None  # the child has exited
+    with pytest.raises(FileNotFoundError):
+        SharedMemory(name=name)
+    with pytest.raises(StopIteration):
+        next(frames)
