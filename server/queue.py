@@ -37,6 +37,7 @@ from server.stores.base import BlobStore, SessionRow, SessionStore, StoreUnavail
 log = logging.getLogger("vitalcam.server")
 
 JOB_NAME: Final = "vitalcam_infer"
+WORKER_READY: Final = "inference worker ready"
 MAX_TRIES: Final = 2
 DEFAULT_JOB_TIMEOUT_S: Final = 120.0
 _POLL_FIRST_S: Final = 0.02
@@ -223,6 +224,7 @@ def make_worker(
         ctx["max_bytes"] = config.max_upload_bytes
         # Store retries end before arq's job timeout would cancel the job.
         ctx["store_wait_s"] = max(1.0, job_timeout_s - 2.0)
+        log.info("%s (%d at a time, job timeout %g s)", WORKER_READY, concurrency, job_timeout_s)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         for name in ("blobs", "sessions"):
@@ -247,5 +249,14 @@ def make_worker(
 def run_worker(
     config: ServerConfig, *, job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S, concurrency: int = 1
 ) -> None:
-    """Run a worker until SIGINT/SIGTERM (a job in progress is finished first when possible)."""
+    """Run a worker until SIGINT/SIGTERM (a job in progress is finished first when possible).
+
+    Its own messages (ready, store retries, crashes) go to stderr; arq's per-job lines do not, as they
+    would name session ids.
+    """
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     make_worker(config, job_timeout_s=job_timeout_s, concurrency=concurrency).run()

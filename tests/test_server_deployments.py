@@ -305,6 +305,24 @@ def test_two_api_processes_serve_one_port(scaled: ScaledDeployment) -> None:
     assert len([w for w in scaled.workers if w.poll() is None]) == 2
 
 
+def test_keys_cli_manages_the_keys_of_the_postgresql_deployment(
+    scaled: ScaledDeployment, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vitalcam.cli import main
+
+    url = scaled.pg.url
+    assert main(["keys", "create", "--developer", "cli-dev", "--database-url", url]) == 0
+    key = capsys.readouterr().out.strip()
+    assert Client(scaled, key).start().status_code == 200  # the API processes accept it at once
+    monkeypatch.setenv("VITALCAM_DATABASE_URL", url)  # the same database, from the environment
+    assert main(["keys", "list"]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "cli-dev" in line]
+    key_id = line.split()[0]
+    assert key.startswith(key_id) and "active" in line and key not in line
+    assert main(["keys", "revoke", key_id]) == 0
+    assert_error(Client(scaled, key).start(), 401, "API_KEY_INVALID")
+
+
 def test_a_worker_killed_while_it_holds_the_job_loses_nothing(scaled: ScaledDeployment) -> None:
     """SIGKILL the worker running the job: the other worker takes it once the dead one's claim expires
     (job timeout + 10 s) and the waiting upload-complete answers the engine's vitals."""

@@ -135,6 +135,40 @@ def test_sweep_expires_and_drops_results(sessions: SessionStore) -> None:
     assert sessions.get_session(old.session_id) is None  # the tombstone outlived its retention
 
 
+def test_postgres_sweep_expires_sessions_stuck_in_processing(pg: services.Postgres) -> None:
+    """A job that failed both tries leaves its session `processing`; an hour past expiry it goes."""
+    from server.stores.postgres import STALE_PROCESSING_S, PostgresSessionStore
+
+    store = PostgresSessionStore(pg.url)
+    pg.psql(TRUNCATE)
+    key = store.create_key("acme")
+    new = new_session(store, key, now_s=time.time() - 100, ttl_s=10)
+    store.start_session(new, quota=10)
+    assert store.transition(new.session_id, S.CREATED, S.UPLOADING, require_upload=False)
+    assert store.finish_upload(new.session_id, time.time(), 10)
+    assert store.transition(new.session_id, S.UPLOADING, S.PROCESSING, require_upload=True)
+    assert store.sweep(time.time(), retention_s=86400) == []  # maybe still running: left alone
+    assert store.sweep(time.time() + STALE_PROCESSING_S, retention_s=86400) == [new.session_id]
+    row = store.get_session(new.session_id)
+    assert row is not None and row.status == S.EXPIRED and row.demographics is None
+    store.close()
+
+
+def test_postgres_keeps_no_statistics_of_session_values(pg: services.Postgres) -> None:
+    """ANALYZE samples column values into pg_statistic; for a session's own columns it must not."""
+    from server.stores.postgres import PostgresSessionStore
+
+    store = PostgresSessionStore(pg.url)
+    pg.psql(TRUNCATE)
+    key = store.create_key("acme")
+    for _ in range(30):
+        store.start_session(new_session(store, key), quota=100)
+    pg.psql("ANALYZE sessions")
+    columns = pg.psql("SELECT attname FROM pg_stats WHERE tablename = 'sessions' ORDER BY attname").split()
+    assert columns == ["developer_id", "expires_at", "status"]
+    store.close()
+
+
 def test_blobs_write_read_delete(blobs: BlobStore) -> None:
     sid = str(uuid.uuid4())
     assert blobs.read(sid, 1000) is None

@@ -45,6 +45,18 @@ from server.stores.base import (
     rate_window_start,
 )
 
+# Columns of `sessions` that describe one session; only developer_id, status and expires_at keep stats.
+_PRIVATE_COLUMNS: Final = (
+    "id",
+    "key_id",
+    "created_at",
+    "demographics",
+    "fallback_config",
+    "uploaded_at",
+    "upload_bytes",
+    "response",
+    "completed_at",
+)
 # (version, what it does, SQL). Append only: a released version is never edited.
 MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
     (
@@ -98,7 +110,17 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         "responses as json, not jsonb: the answer's key order (the spec's vitals order) is kept",
         "ALTER TABLE sessions ALTER COLUMN response TYPE json USING response::json;",
     ),
+    (
+        3,
+        "no planner statistics of session values: ANALYZE would copy sampled ids, demographics and "
+        "timestamps into pg_statistic, where a deleted session's values outlive its row",
+        "ALTER TABLE sessions "
+        + ", ".join(f"ALTER COLUMN {c} SET STATISTICS 0" for c in _PRIVATE_COLUMNS)
+        + ";",
+    ),
 )
+# A session `processing` this long after its expiry has no job left that could finish it.
+STALE_PROCESSING_S: Final = 3600
 _MIGRATION_LOCK: Final = 0x76697461  # pg_advisory_xact_lock key shared by every vitalcam process
 
 
@@ -341,13 +363,17 @@ class PostgresSessionStore:
             )
 
     def sweep(self, now_s: float, retention_s: int) -> list[str]:
+        """As the protocol says, and also sessions still `processing` STALE_PROCESSING_S after expiry:
+        with several processes no restart recovers them, and a job that failed both its tries (or an API
+        process that died waiting) would otherwise keep the row, demographics and all, for ever."""
         with self._conn() as conn, conn.transaction():
             expiring = [
                 r["id"]
                 for r in conn.execute(
                     "UPDATE sessions SET status = 'expired', response = NULL, demographics = NULL "
-                    "WHERE expires_at <= %s AND status NOT IN ('expired', 'processing') RETURNING id",
-                    (now_s,),
+                    "WHERE expires_at <= %s AND status <> 'expired' "
+                    "AND (status <> 'processing' OR expires_at <= %s) RETURNING id",
+                    (now_s, now_s - STALE_PROCESSING_S),
                 ).fetchall()
             ]
             conn.execute(
