@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     kl = key_commands.add_parser("list", help="list keys (ids, developers, status; never the secrets)")
     for sub in (kc, kr, kl):
         sub.add_argument("--data-dir", type=Path, help="data directory, the same as `vitalcam serve` uses")
+        sub.add_argument(
+            "--database-url",
+            help="the PostgreSQL of `vitalcam serve --database-url` (env VITALCAM_DATABASE_URL; default the "
+            "data directory's SQLite)",
+        )
 
     r = commands.add_parser(
         "retry",
@@ -544,28 +549,51 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from server.stores.base import StoreUnavailable
+
+    try:
+        return _keys(args)
+    except StoreUnavailable as exc:
+        print(f"vitalcam keys: {exc}", file=sys.stderr)
+        return EXIT_SERVER
+
+
+def _keys(args: argparse.Namespace) -> int:
     from server import create_key, default_data_dir, list_keys, revoke_key
 
     data_dir = args.data_dir or default_data_dir()
+    database_url = args.database_url or os.environ.get("VITALCAM_DATABASE_URL") or None
+    where = _without_password(database_url) if database_url else str(data_dir)
     if args.keys_command == "create":
-        key = create_key(data_dir, args.developer, live=args.live)
+        key = create_key(data_dir, args.developer, live=args.live, database_url=database_url)
         print(key)
-        print(f"Store this key now: it is shown once and kept only as a hash in {data_dir}.", file=sys.stderr)
+        print(f"Store this key now: it is shown once and kept only as a hash in {where}.", file=sys.stderr)
     elif args.keys_command == "revoke":
         try:
-            revoke_key(data_dir, args.key_id)
+            revoke_key(data_dir, args.key_id, database_url=database_url)
         except LookupError as exc:  # KeyError's str() quotes its message; show the message itself
             reason = exc.args[0] if exc.args else exc
             print(f"vitalcam keys revoke: {reason}; `vitalcam keys list` shows the key ids", file=sys.stderr)
             return EXIT_USAGE
         print(f"revoked {args.key_id}")
     else:
-        keys = list_keys(data_dir)
+        keys = list_keys(data_dir, database_url=database_url)
         if not keys:
-            print(f"no keys in {data_dir}; create one with `vitalcam keys create --developer NAME`")
+            print(f"no keys in {where}; create one with `vitalcam keys create --developer NAME`")
         for info in keys:
             print(_describe_key(info))
     return EXIT_OK
+
+
+def _without_password(url: str) -> str:
+    """A database URL fit to print: any password replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _describe_key(info: KeyInfo) -> str:
