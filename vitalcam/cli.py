@@ -764,6 +764,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print("vitalcam evaluate: --jobs must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    # Checked before the run, which can take an hour: a mistyped output path must not cost it.
+    for flag, out in (("--csv", args.csv), ("--report", args.report)):
+        if out is not None and not out.parent.is_dir():
+            print(f"vitalcam evaluate: {flag} {out}: no directory {out.parent}", file=sys.stderr)
+            return EXIT_USAGE
     console = _console(stderr=True)
     console.print(f"{len(recordings)} recordings ({layout}) in {args.path}; windows {args.windows}")
     from vitalcam.console import evaluation_progress
