@@ -442,9 +442,18 @@ BENCH_SIZES: dict[str, tuple[int, int]] = {"480p": (640, 480), "720p": (1280, 72
 
 
 def render_bench_video(path: str | Path, size: str, duration_s: float = 30.0) -> SyntheticTruth:
-    """The "webcam" preset at one of BENCH_SIZES: what the speed figures in the README are measured on."""
+    """The "webcam" preset at one of BENCH_SIZES: what the speed figures in the README are measured on.
+
+    Rendered under a temporary name and renamed when complete, so that an interrupted render never
+    leaves a short file behind for a benchmark's cache to reuse.
+    """
     width, height = BENCH_SIZES[size]
-    return render_preset(path, "webcam", width=width, height=height, duration_s=duration_s)
+    path = Path(path)
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    truth = render_preset(partial, "webcam", width=width, height=height, duration_s=duration_s)
+    Path(f"{partial}.truth.json").replace(f"{path}.truth.json")
+    partial.replace(path)
+    return truth
 
 
 def render_preset(path: str | Path, preset: str, **overrides: object) -> SyntheticTruth:

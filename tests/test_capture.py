@@ -269,7 +269,12 @@ def test_truncated_mp4_yields_frames_before_the_damage_then_raises(tmp_path: Pat
     written = write_video(path, n_frames=60, width=160, height=120, faststart=True, image_fn=noise_image)
     cut = truncate(path, 0.6)
     got = []
-    with VideoFileSource(cut) as source, pytest.raises(VideoFileError, match=r"cut_whole\.mp4: truncated"):
+    # One decoder thread (a process pinned to one core) meets the cut as a decode error, several as an
+    # early end of stream: both name the file and say it is truncated.
+    with (
+        VideoFileSource(cut) as source,
+        pytest.raises(VideoFileError, match=r"cut_whole\.mp4: (corrupt or )?truncated"),
+    ):
         for frame in source:
             got.append(frame)
     assert 10 < len(got) < 60
