@@ -421,3 +421,29 @@ def test_retry_sends_an_item_saved_without_a_url_to_the_embedded_backend(env, tm
     assert "completed by the embedded reference backend" in retried.stdout
     assert "sending 1 measurement(s) to the embedded reference backend" in retried.stderr
     assert outbox.pending() == [] and len(list(outbox.results_dir.iterdir())) == 1
+
+
+def test_ctrl_c_during_the_upload_keeps_the_measurement(face_video, env, tmp_path, proxy, server) -> None:
+    """The capture is done when the upload starts: cancelling then must not throw the measurement away."""
+    path, _truth = face_video
+    outbox = tmp_path / "outbox"
+    proxy.plan("POST", START, *[UNAVAILABLE] * 4)
+    proc = subprocess.Popen(
+        [VITALCAM, "measure", "--video", str(path), "--payload", "traces", "--api-url", proxy.url,
+         "--api-key", server.api_key, "--outbox", str(outbox)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "retrying (2/4)" in line:  # the upload is under way, waiting before its next attempt
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, "".join(seen) + rest
+    kept = list(outbox.glob("*.tensor"))
+    assert len(kept) == 1 and str(kept[0]) in rest, rest
+    retried = run(["retry", "--outbox", str(outbox), "--api-key", server.api_key], env)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert not list(outbox.glob("*.tensor"))

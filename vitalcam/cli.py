@@ -296,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     }[args.command]
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"cancelled: {exc}" if str(exc) else "cancelled", file=sys.stderr)
         return EXIT_CANCELLED
 
 

@@ -104,17 +104,26 @@ EventCallback = Callable[[Event], None]
 
 
 def measure(options: MeasureOptions, on_event: EventCallback | None = None) -> Outcome:
-    """Run a measurement, calling `on_event` for every phase event; returns the outcome or raises."""
+    """Run a measurement, calling `on_event` for every phase event; returns the outcome or raises.
+
+    A Ctrl-C that lands in `on_event` is handed to the measurement where it stands, so the phase it
+    interrupts decides what to keep (an interrupted upload keeps the measurement in the outbox).
+    """
     outcome: Outcome | None = None
-    for event in iter_measurement(options):
+    events = iter_measurement(options)
+    for event in events:
         if on_event is not None:
-            on_event(event)
+            try:
+                on_event(event)
+            except KeyboardInterrupt as interrupt:
+                events.throw(interrupt)
+                raise
         outcome = event.outcome or outcome
     assert outcome is not None  # iter_measurement always ends with DONE carrying the outcome
     return outcome
 
 
-def iter_measurement(options: MeasureOptions) -> Iterator[Event]:
+def iter_measurement(options: MeasureOptions) -> Generator[Event, None, None]:
     """Yield phase events; the last one is DONE with the outcome. Errors propagate as typed exceptions.
 
     Blocking, for synchronous callers: the upload runs on a private event loop of this thread, so from
@@ -405,7 +414,15 @@ def _send(
         demographics = Demographics(**options.demographics) if options.demographics else None
         outbox = Outbox(options.outbox_dir)
         yield Event(Phase.UPLOADING, 0.0, bytes_sent=0, bytes_total=len(payload))
-        result = yield from _stream(lambda emit: _upload(backend, payload, demographics, outbox, emit))
+        try:
+            result = yield from _stream(lambda emit: _upload(backend, payload, demographics, outbox, emit))
+        except KeyboardInterrupt:
+            # Ctrl-C during the upload: the measurement itself is done, so it is kept for `vitalcam retry`
+            # (without a URL for the embedded backend, whose address dies with this process).
+            item = outbox.save(payload, None if backend.embedded else backend.url, demographics)
+            raise KeyboardInterrupt(
+                f"the measurement is kept in {item.payload_path}; `vitalcam retry` uploads it"
+            ) from None
         outcome = Outcome(
             result=result,
             measurement=measurement,
