@@ -34,7 +34,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 UBFC_DEV = REPO.parent / "shared" / "data" / "ubfc-dev"
-PEERS = {"open-rppg": "open-rppg==0.1.1", "vitallens": "vitallens==0.6.2"}
+# What pip installs for each peer: vitallens 0.6.2's helper package (prpy) imports scipy and psutil
+# without declaring them.
+PEERS = {"open-rppg": ("open-rppg==0.1.1",), "vitallens": ("vitallens==0.6.2", "scipy", "psutil")}
 
 # Each child prints {"frames": N, "seconds": S} for one timed pass over the file in argv[1].
 _PYAV = """
@@ -111,12 +113,12 @@ def peer_python(cache_dir: Path, name: str) -> Path | None:
     python = venv / "bin" / "python"
     marker = venv / ".installed"
     if not marker.exists():
-        print(f"installing {PEERS[name]} into {venv} (first use) ...", flush=True)
+        print(f"installing {' '.join(PEERS[name])} into {venv} (first use) ...", flush=True)
         base = getattr(sys, "_base_executable", sys.executable)
         result = subprocess.run([base, "-m", "venv", "--clear", str(venv)], capture_output=True, text=True)
         if result.returncode == 0:
             result = subprocess.run(
-                [str(python), "-m", "pip", "install", "--quiet", PEERS[name]],
+                [str(python), "-m", "pip", "install", "--quiet", *PEERS[name]],
                 capture_output=True,
                 text=True,
             )
