@@ -68,7 +68,7 @@ def test_every_axis_is_labelled_with_its_unit_and_legends_stay_off_the_data(good
     for title, fig in drawn(good):
         titles.append(title)
         axes = fig.get_axes()
-        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg has one, the base class not
         assert axes[-1].get_xlabel().endswith(("(s)", "(beats/min)")), title
         ylabels = [ax.get_ylabel() for ax in axes]
         assert len(set(ylabels)) == len(ylabels), f"{title}: one quantity per axis, got {ylabels}"
