@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
@@ -442,6 +442,9 @@ def test_hostile_header_mutations_only_raise_format_error(mutation: tuple[str, i
     elif kind == "digits":
         edit = _long_number(size, arg)
     elif kind == "dims":
+        assume(
+            size != {"t_s": 1, "rgb": 3, "skin_px": 2, "face_box": 2}[arg]
+        )  # the same shape is no mutation
         edit = _dims(size, arg)
     else:
         edit = lambda text: text[:size] + arg + text[size:]  # noqa: E731
