@@ -240,7 +240,7 @@ def test_vitalcam_evaluate_rejects_bad_arguments(tmp_path: Path) -> None:
     (render_dir / "vid.avi").write_bytes(b"")
     (render_dir / "ground_truth.txt").write_text("1 2\n70 70\n0 1\n")
     done = _run_evaluate(str(tmp_path / "data"), "--report", str(tmp_path / "missing" / "r.html"))
-    assert done.returncode == 2 and "no directory" in done.stderr and "--report" in done.stderr
+    assert done.returncode == 2 and "does not exist" in done.stderr and "--report" in done.stderr
     assert not (tmp_path / "missing").exists()
 
 

@@ -312,16 +312,19 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=not tty, width=None if tty else 120)
 
 
-def _report_path_problem(report: Path | None) -> str | None:
-    """Why `--report PATH` cannot be written, checked before anyone sits still for a capture."""
-    if report is None:
+def _output_path_problem(
+    path: Path | None, flag: str = "--report", example: str = "report.html"
+) -> str | None:
+    """Why an output file cannot be written, checked before anyone sits still for a capture (or waits an
+    hour for an evaluation)."""
+    if path is None:
         return None
-    if report.is_dir():
-        return f"--report {report}: is a directory; give a file name such as {report / 'report.html'}"
-    if not report.parent.is_dir():
-        return f"--report {report}: the directory {report.parent} does not exist (create it first)"
-    if not os.access(report.parent, os.W_OK):
-        return f"--report {report}: the directory {report.parent} is not writable"
+    if path.is_dir():
+        return f"{flag} {path}: is a directory; give a file name such as {path / example}"
+    if not path.parent.is_dir():
+        return f"{flag} {path}: the directory {path.parent} does not exist (create it first)"
+    if not os.access(path.parent, os.W_OK):
+        return f"{flag} {path}: the directory {path.parent} is not writable"
     return None
 
 
@@ -337,7 +340,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if args.api_url and not args.api_key:
         print("vitalcam measure: --api-url needs --api-key (or VITALCAM_API_KEY)", file=sys.stderr)
         return EXIT_USAGE
-    problem = _report_path_problem(args.report)
+    problem = _output_path_problem(args.report)
     if problem:
         print(f"vitalcam measure: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -445,7 +448,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from vitalcam.demo import cache_dir, demo_video
     from vitalcam.session import MeasureOptions
 
-    problem = _report_path_problem(args.report)
+    problem = _output_path_problem(args.report)
     if problem:
         print(f"vitalcam demo: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -764,10 +767,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print("vitalcam evaluate: --jobs must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    # Checked before the run, which can take an hour: a mistyped output path must not cost it.
-    for flag, out in (("--csv", args.csv), ("--report", args.report)):
-        if out is not None and not out.parent.is_dir():
-            print(f"vitalcam evaluate: {flag} {out}: no directory {out.parent}", file=sys.stderr)
+    for problem in (_output_path_problem(args.csv, "--csv", "eval.csv"), _output_path_problem(args.report)):
+        if problem:
+            print(f"vitalcam evaluate: {problem}", file=sys.stderr)
             return EXIT_USAGE
     console = _console(stderr=True)
     console.print(f"{len(recordings)} recordings ({layout}) in {args.path}; windows {args.windows}")
