@@ -185,6 +185,8 @@ def _infer_session(
     outcome = process_upload(session_id, payload, session.demographics, session.fallback_config, infer)
     status = SessionStatus.COMPLETED if outcome.measured else SessionStatus.FAILED
     _retrying(lambda: sessions.store_response(session_id, status, outcome.body, time.time()), deadline_s)
+    # The tensor is not needed once the outcome is stored, whoever answers the client and whenever.
+    _retrying(lambda: blobs.delete(session_id), deadline_s)
 
 
 T = TypeVar("T")

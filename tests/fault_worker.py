@@ -3,7 +3,8 @@
 Run as `python -m tests.fault_worker [worker options]` with VITALCAM_TEST_CONTROL_DIR set. Every inference
 appends this process's pid to `calls.log` there. When a test creates `hold-next`, the first worker to
 start an inference removes it (only one can), writes `held-by-<pid>` and hangs in that job until the test
-kills it: the way to SIGKILL a worker while it provably holds a job. Everything else is the CLI's worker.
+kills it (the way to SIGKILL a worker while it provably holds a job) or creates `release`, which lets the
+job finish normally. Everything else is the CLI's worker.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from server import inference
 
 CONTROL_ENV = "VITALCAM_TEST_CONTROL_DIR"
 HOLD_NEXT = "hold-next"
+RELEASE = "release"
 CALLS_LOG = "calls.log"
 _real_infer = inference.infer
 
@@ -41,8 +43,16 @@ def _infer(measurement: Any, demographics: Mapping[str, Any] | None) -> Any:
     except FileNotFoundError:
         return _real_infer(measurement, demographics)
     (control / f"held-by-{os.getpid()}").touch()
-    time.sleep(3600)  # the test SIGKILLs this process now
-    raise RuntimeError("a held job was never killed")
+    deadline_s = time.monotonic() + 3600
+    while time.monotonic() < deadline_s:  # until the test SIGKILLs this process, or releases the job
+        try:
+            (control / RELEASE).unlink()
+        except FileNotFoundError:
+            time.sleep(0.05)
+            continue
+        (control / f"held-by-{os.getpid()}").unlink()
+        return _real_infer(measurement, demographics)
+    raise RuntimeError("a held job was never killed or released")
 
 
 def main(argv: list[str]) -> int:

@@ -25,6 +25,7 @@ import pytest
 
 from contract.errors import ERROR_CODES
 from contract.vitals import DEFAULT_FALLBACK_CONFIG
+from server import start_embedded
 from server.processing import process_upload
 from server.stores.base import NewSession
 from tests import fault_worker
@@ -350,6 +351,45 @@ def test_a_worker_killed_while_it_holds_the_job_loses_nothing(scaled: ScaledDepl
     runs = fault_worker.calls(scaled.control)[calls_before:]
     assert len(runs) == 2 and runs[0] == holder and runs[1] != holder  # the first try and one retry
     assert scaled.traces(sid) == []  # nothing of it left in PostgreSQL, the bucket or Redis
+
+
+def test_with_persist_vitals_a_slow_job_is_result_pending_and_any_api_process_answers_it_later(
+    scaled: ScaledDeployment,
+) -> None:
+    """A third API process (PERSIST_VITALS=true, a 1 s wait) on the same database, bucket and queue: a
+    job still running after the wait is 503 RESULT_PENDING, the session polls as processing from the
+    other API processes, and once the job is done every process answers the same stored result."""
+    with start_embedded(
+        data_dir=scaled.root / "persist",
+        persist_vitals=True,
+        result_wait_s=1.0,
+        database_url=scaled.config.database_url,
+        blob_store=scaled.config.blob_store,
+        queue_url=scaled.config.queue_url,
+    ) as persisting:
+        client = Client(scaled, persisting.api_key)
+        client.base_url = persisting.base_url
+        session = client.uploaded({"demographics": {"age": 52}})
+        sid = session["session_id"]
+        (scaled.control / fault_worker.HOLD_NEXT).touch()
+        pending = client.complete(sid)
+        assert_error(pending, 503, "RESULT_PENDING")
+        assert pending.headers["Retry-After"] == "2"
+        assert fault_worker.held_by(scaled.control), "the job was not running"
+        elsewhere = Client(scaled, persisting.api_key)  # the `serve --workers 2` processes
+        assert elsewhere.result(sid).json() == {"session_id": sid, "status": "processing"}
+        (scaled.control / fault_worker.RELEASE).touch()
+        for _ in range(30):  # what a client does with a retryable answer: repeat it
+            done = client.complete(sid)  # waits again; soon the job has finished
+            if done.status_code != 503:
+                break
+            assert_error(done, 503, "RESULT_PENDING")
+        assert done.status_code == 200, done.text
+        assert done.json()["vitals"] == expected_vitals({"age": 52})
+        polled = elsewhere.result(sid).json()
+        assert polled["status"] == "completed" and polled["vitals"] == done.json()["vitals"]
+        assert client.complete(sid).json() == done.json()  # repeated: the same body
+        assert not scaled.blob_exists(sid)  # the tensor goes once inference is done
 
 
 def test_postgres_restarting_mid_run_gives_answers_or_retryable_errors_then_service_resumes(
