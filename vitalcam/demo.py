@@ -13,7 +13,12 @@ from pathlib import Path
 from capture.synthetic import SyntheticTruth, render_face_video
 
 DEMO_VIDEO_NAME = "astronaut-v2-lossless.mp4"
-DEMO_SETTINGS = {"duration_s": 30.0, "hr_bpm": 74.0, "rr_bpm": 14.0, "sdnn_ms": 45.0, "seed": 7}
+# The demo's truth (a 30 s lossless render; seed 7 fixes the beats and breaths).
+DEMO_DURATION_S = 30.0
+DEMO_HR_BPM = 74.0
+DEMO_RR_BPM = 14.0
+DEMO_SDNN_MS = 45.0
+DEMO_SEED = 7
 
 
 def cache_dir() -> Path:
@@ -34,7 +39,15 @@ def demo_video(
     if path.exists() and truth_path.exists():
         return path, SyntheticTruth.from_json(truth_path.read_text()), False
     tmp = directory / f".{DEMO_VIDEO_NAME}.partial.mp4"
-    truth = render_face_video(tmp, **DEMO_SETTINGS, progress=progress)
+    truth = render_face_video(
+        tmp,
+        duration_s=DEMO_DURATION_S,
+        hr_bpm=DEMO_HR_BPM,
+        rr_bpm=DEMO_RR_BPM,
+        sdnn_ms=DEMO_SDNN_MS,
+        seed=DEMO_SEED,
+        progress=progress,
+    )
     Path(f"{tmp}.truth.json").replace(truth_path)
     tmp.replace(path)
     return path, truth, True
