@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -154,6 +155,25 @@ def test_a_session_answers_the_engines_vitals_and_leaves_nothing_behind(dep: Dep
     assert dep.traces(sid) == []
     assert_error(client.complete(sid), 404, "SESSION_NOT_FOUND")
     assert_error(client.result(sid), 404, "SESSION_NOT_FOUND")
+
+
+def test_the_sdk_client_measures_through_either_configuration_unchanged(
+    dep: Deployment, tmp_path: Path
+) -> None:
+    """transport.SessionClient, as `vitalcam measure --api-url` uses it, with no idea which backend it is."""
+    from transport import Demographics, Outbox, SessionClient
+
+    with SessionClient(dep.base_url, dep.api_key) as client:
+        result = client.measure(PAYLOAD, Demographics(age=47), outbox=Outbox(tmp_path / "outbox"))
+    assert result.status == "completed" and not result.is_fallback
+    assert result.vitals is not None
+    expected = expected_vitals({"age": 47})
+    assert (result.vitals.heart_rate, result.vitals.confidence) == (
+        expected["heart_rate"],
+        expected["confidence"],
+    )
+    assert dep.traces(result.session_id) == []
+    assert not list((tmp_path / "outbox").glob("*"))  # nothing had to be kept for a retry
 
 
 def test_every_key_failure_is_the_same_401(dep: Deployment) -> None:
