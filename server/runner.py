@@ -16,6 +16,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +34,9 @@ from server.processing import InferFn
 log = logging.getLogger("vitalcam.server")
 
 _START_TIMEOUT_S = 15.0
+# `serve --workers N` replaces an API process that exits, unless that happens this often: then it stops.
+_RESPAWN_LIMIT = 5
+_RESPAWN_WINDOW_S = 60.0
 
 
 class UnsafeBindError(ValueError):
@@ -97,7 +101,10 @@ def _serve_one(
 
 
 def _serve_many(config: ServerConfig, host: str, port: int, log_level: str, workers: int) -> None:
-    """One listening socket, `workers` spawned API processes accepting on it; SIGINT/SIGTERM stop all."""
+    """One listening socket, `workers` spawned API processes accepting on it; SIGINT/SIGTERM stop all.
+
+    An API process that dies (a crash, the OOM killer) is replaced; if they keep dying (_RESPAWN_LIMIT
+    within _RESPAWN_WINDOW_S, e.g. the database is unreachable at start) the server stops, non-zero."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -109,20 +116,39 @@ def _serve_many(config: ServerConfig, host: str, port: int, log_level: str, work
     sock.listen(2048)
     sock.set_inheritable(True)
     context = multiprocessing.get_context("spawn")
-    children = [
-        context.Process(
+
+    def spawn(i: int) -> multiprocessing.process.BaseProcess:
+        child = context.Process(
             target=_serve_one, args=(config, host, port, log_level, sock), name=f"vitalcam-api-{i}"
         )
-        for i in range(workers)
-    ]
+        child.start()
+        return child
+
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    children: list[multiprocessing.process.BaseProcess] = []
+    failed = False
     try:
-        for child in children:
-            child.start()
+        children = [spawn(i) for i in range(workers)]
+        replaced_at: list[float] = []
         while not stop.wait(0.5):
-            if all(not child.is_alive() for child in children):
-                break
+            for i, child in enumerate(children):
+                if child.is_alive() or stop.is_set():
+                    continue
+                now_s = time.monotonic()
+                replaced_at = [t for t in replaced_at if now_s - t < _RESPAWN_WINDOW_S]
+                if len(replaced_at) >= _RESPAWN_LIMIT:
+                    log.error(
+                        "API processes keep exiting (%d replaced within %g s); stopping: see their errors above",
+                        len(replaced_at),
+                        _RESPAWN_WINDOW_S,
+                    )
+                    failed = True
+                    stop.set()
+                    break
+                log.warning("API process %s exited (%s); starting a replacement", child.pid, child.exitcode)
+                replaced_at.append(now_s)
+                children[i] = spawn(i)
     finally:
         for child in children:
             if child.is_alive():
@@ -132,6 +158,8 @@ def _serve_many(config: ServerConfig, host: str, port: int, log_level: str, work
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
+    if failed:
+        raise SystemExit(STARTUP_FAILURE)
 
 
 def check_bind(host: str, config: ServerConfig) -> None:

@@ -13,6 +13,9 @@ retryable error, and nothing may be lost.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import threading
 import time
 import uuid
@@ -321,9 +324,21 @@ def test_concurrent_sessions_all_get_their_own_answer(dep: Deployment) -> None:
 # ---- the scaled configuration: processes and faults ----------------------------------------------------
 
 
-def test_two_api_processes_serve_one_port(scaled: ScaledDeployment) -> None:
-    assert len(scaled.api_processes()) == 2
+def test_two_api_processes_serve_one_port_and_a_dead_one_is_replaced(scaled: ScaledDeployment) -> None:
+    before = scaled.api_processes()
+    assert len(before) == 2
     assert len([w for w in scaled.workers if w.poll() is None]) == 2
+    os.kill(before[0], signal.SIGKILL)
+    client = Client(scaled)
+    for _ in range(5):  # the survivor answers meanwhile (a connection may still reach the dead one)
+        with contextlib.suppress(httpx.TransportError):
+            assert client.start().status_code == 200
+    assert wait_until(
+        lambda: len(scaled.api_processes()) == 2 and before[0] not in scaled.api_processes(), 120
+    )
+    assert before[1] in scaled.api_processes()
+    session = client.uploaded()
+    assert client.complete(session["session_id"]).json()["vitals"] == expected_vitals()
 
 
 def test_keys_cli_manages_the_keys_of_the_postgresql_deployment(
