@@ -30,6 +30,7 @@ from server.app import create_app
 from server.config import ServerConfig
 from server.keys import create_key, list_keys
 from server.processing import InferFn
+from server.stores.base import StoreUnavailable
 
 log = logging.getLogger("vitalcam.server")
 
@@ -77,7 +78,11 @@ def serve(
         config = config.with_overrides(single_process=False)
     check_bind(host, config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    if not any(k.active for k in list_keys(config.data_dir, database_url=config.database_url)):
+    try:
+        keys = list_keys(config.data_dir, database_url=config.database_url)
+    except StoreUnavailable as exc:  # said in one line by `vitalcam serve`, not as a traceback
+        raise ValueError(f"cannot start: {exc}") from exc
+    if not any(k.active for k in keys):
         log.warning(
             "no active API keys; create one with: vitalcam keys create --developer NAME%s",
             f" --database-url {config.database_url}"
