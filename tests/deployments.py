@@ -175,7 +175,7 @@ class ScaledDeployment(Deployment):
         return worker
 
     def kill_worker(self, pid: int) -> None:
-        """SIGKILL one worker (no clean-up runs) and start a replacement, as a supervisor would."""
+        """SIGKILL one worker (no clean-up runs); `start_worker` is the supervisor's replacement."""
         worker = next(w for w in self.workers if w.pid == pid)
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)

@@ -6,9 +6,10 @@ Every contract test runs against SQLite + folder + in-process inference and agai
 the vitals this test process computes from it. Each request opens its own connection, so consecutive
 requests land on either API process.
 
-The fault tests need the scaled configuration only: a worker SIGKILLed while it holds a job, PostgreSQL
-restarting mid-run, S3 unreachable at upload-complete. The client must get the right answer or a typed,
-retryable error, and nothing may be lost.
+The fault tests need the scaled configuration only: an API process SIGKILLed (replaced), a worker
+SIGKILLed while it holds a job, PostgreSQL crashing and restarting mid-run, S3 unreachable at
+upload-complete, and a job outlasting the wait with PERSIST_VITALS=true (RESULT_PENDING). The client must
+get the right answer or a typed, retryable error, and nothing may be lost.
 """
 
 from __future__ import annotations
