@@ -84,7 +84,7 @@ print(json.dumps({"frames": frames, "seconds": time.perf_counter() - start}))
 _VITALLENS = """
 import json, sys, time
 from vitallens import VitalLens
-vl = VitalLens(method="pos")
+vl = VitalLens(method="pos", export_to_json=False)  # it writes a results file into the cwd otherwise
 start = time.perf_counter()
 vl(sys.argv[1])
 print(json.dumps({"frames": int(sys.argv[2]), "seconds": time.perf_counter() - start}))
