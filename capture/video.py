@@ -343,8 +343,8 @@ class VideoFileSource:
         For replays as fast as possible on a machine with two or more cores; falls back to iterating
         here when the source paces itself (`realtime`) or only one core is available.
         """
-        if self.realtime or len(os.sched_getaffinity(0)) < 2:
-            return iter(self)
+        if self.realtime or len(os.sched_getaffinity(0)) < 2 or not sys.executable:
+            return iter(self)  # paced, one core, or an embedded interpreter that cannot start a child
         return BackgroundDecode(self, slots)
 
     def close(self) -> None:
