@@ -65,7 +65,8 @@ from preprocess import PreprocessConfig, Preprocessor, process
 Preprocessor().close()  # load the models and the numba cache before the clock starts
 start = time.perf_counter()
 with open_source(sys.argv[1]) as source:
-    measurement = process(source, PreprocessConfig(source="video", min_usable_s=1.0, min_face_share=0.0))
+    config = PreprocessConfig(source="video", min_usable_s=1.0, min_face_share=0.0)
+    measurement = process(source, config, prefetch=PREFETCH)
 print(json.dumps({"frames": measurement.n_frames, "seconds": time.perf_counter() - start}))
 """
 _OPEN_RPPG = """
@@ -209,10 +210,15 @@ def main(argv: list[str] | None = None) -> None:
             )
         else:
             print("vitallens: skipped (it reads videos with an ffmpeg child process; no ffmpeg on PATH)")
-    systems.append(System(_VITALCAM_ONE_CORE, _VITALCAM, _ours))
-    two_core = System("vitalcam process(open_source(path)), decode thread", _VITALCAM, _ours, cores=2)
+    systems.append(System(_VITALCAM_ONE_CORE, _VITALCAM.replace("PREFETCH", "True"), _ours))
+    two_core = [
+        System(
+            "vitalcam, decoding in a child process", _VITALCAM.replace("PREFETCH", "True"), _ours, cores=2
+        ),
+        System("vitalcam, decoding in a thread", _VITALCAM.replace("PREFETCH", '"thread"'), _ours, cores=2),
+    ]
     if len(os.sched_getaffinity(0)) >= 2:
-        systems.append(two_core)
+        systems.extend(two_core)
     pythons = {system.name: system.python() for system in systems}
     for label, path in inputs(args.cache_dir, args.sizes.split(","), args.duration_s, args.ubfc):
         frames = frame_count(path)

@@ -155,6 +155,7 @@ class VideoFileSource:
         duration_s: float | None = None,
         realtime: bool = False,
         yuv: bool = True,
+        decoder_threads: int = 0,
     ) -> None:
         if start_s < 0:
             raise ValueError(f"start_s must be >= 0, got {start_s}")
@@ -165,6 +166,7 @@ class VideoFileSource:
         self.duration_s = duration_s
         self.realtime = realtime
         self.yuv = yuv
+        self.decoder_threads = decoder_threads  # 0: FFmpeg's choice (frame threads, one per core and one)
         self._dropped = 0
         self._container: av.container.InputContainer | None = None
         self._check_file()
@@ -235,6 +237,8 @@ class VideoFileSource:
             )
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if self.decoder_threads:
+            stream.codec_context.thread_count = self.decoder_threads
         return container
 
     def _no_frames_problem(self, stream: av.video.stream.VideoStream) -> str:
@@ -469,6 +473,9 @@ class BackgroundDecode:
             "start_s": source.start_s,
             "duration_s": source.duration_s,
             "yuv": source.yuv,
+            # One decoder thread: the child has one core, the preprocessor the other; FFmpeg's frame
+            # threads (one per core and one) would take turns with the preprocessor on its own core.
+            "decoder_threads": 1,
             "shm": self._shm.name,
             "slot_bytes": self._slot_bytes,
             "slots": slots,
@@ -490,11 +497,15 @@ class BackgroundDecode:
         self._free, self._ready = self._process.stdin, self._process.stdout
         self._held: list[int] = []
         self._done = False
+        self._delivered = 0
+        self._in_line: Iterator[Frame] | None = None
 
     def __iter__(self) -> Iterator[Frame]:
         return self
 
     def __next__(self) -> Frame:
+        if self._in_line is not None:
+            return next(self._in_line)
         if self._done:
             raise StopIteration
         try:
@@ -503,6 +514,10 @@ class BackgroundDecode:
             record = _read_exactly(self._ready, _RECORD.size)
         except (OSError, EOFError):
             self.close()
+            if self._delivered == 0:
+                # The child could not start (its stderr says why): decode here instead.
+                self._in_line = iter(self._source)
+                return next(self._in_line)
             raise VideoFileError(str(self._source.path), "the decoding process ended unexpectedly") from None
         kind, slot, t_s, index, height, width, channels, text_bytes = _RECORD.unpack(record)
         if kind != _I420 and kind != _BGR:
@@ -517,6 +532,7 @@ class BackgroundDecode:
                 raise RuntimeError(f"decoding {self._source.path} failed: {text}")
             raise StopIteration
         self._held.append(slot)
+        self._delivered += 1
         buffer: np.ndarray = np.ndarray((self._slot_bytes,), np.uint8, self._shm.buf, slot * self._slot_bytes)
         if kind == _BGR:
             return Frame(buffer[: height * width * channels].reshape(height, width, channels), t_s, index)
@@ -591,7 +607,11 @@ def _decode_worker(command: dict[str, Any]) -> None:
 
     try:
         with VideoFileSource(
-            command["path"], start_s=command["start_s"], duration_s=command["duration_s"], yuv=command["yuv"]
+            command["path"],
+            start_s=command["start_s"],
+            duration_s=command["duration_s"],
+            yuv=command["yuv"],
+            decoder_threads=command["decoder_threads"],
         ) as source:
             for frame in source:
                 if not available:

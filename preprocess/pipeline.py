@@ -297,7 +297,7 @@ def process(
     frame_size: tuple[int, int] | None = None,
     progress: ProgressCallback | None = None,
     backend: LandmarkBackend | None = None,
-    prefetch: bool = True,
+    prefetch: bool | Literal["thread", "process"] = True,
 ) -> Measurement:
     """Preprocess a whole recording (replay) into a measurement.
 
@@ -306,6 +306,7 @@ def process(
     GIL back and forth around every FFmpeg call), in a thread for any other source. It starts before
     the landmark model loads, so the two start-ups overlap too. Progress events are ("preprocess",
     percent) while frames flow, when the source knows its length, then ("build", 100).
+    `prefetch="thread"` forces the thread (to compare), False decodes in line.
     """
     config = config or PreprocessConfig(source="video")
     if config.video_bits_per_pixel is None:
@@ -313,7 +314,10 @@ def process(
         if isinstance(bits_per_pixel, float):
             config = dataclasses.replace(config, video_bits_per_pixel=bits_per_pixel)
     total = _expected_frames(frames)
-    source = _decoded_beside(frames) if prefetch else iter(frames)
+    if not prefetch:
+        source: Iterator[Frame] = iter(frames)
+    else:
+        source = _prefetched(frames) if prefetch == "thread" else _decoded_beside(frames)
     try:
         # Nobody watches a replay's features: no pulse preview (a POS over 10 s every 15 frames).
         pre = Preprocessor(

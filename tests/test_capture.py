@@ -643,7 +643,8 @@ def test_background_decode_reports_damage_after_the_good_frames(tmp_path: Path) 
     path = tmp_path / "whole.mp4"
     write_video(path, n_frames=60, width=160, height=120, faststart=True, image_fn=noise_image)
     cut = truncate(path, 0.6)
-    with VideoFileSource(cut) as source:
+    # The child decodes on one thread; how many frames precede the damage depends on the thread count.
+    with VideoFileSource(cut, decoder_threads=1) as source:
         inline = []
         with pytest.raises(VideoFileError) as here:
             inline.extend(f.t_s for f in source)
@@ -670,3 +671,16 @@ def test_background_decode_stopped_early_ends_its_child_and_frees_the_memory(tmp
         SharedMemory(name=name)
     with pytest.raises(StopIteration):
         next(frames)
+
+
+def test_background_decode_falls_back_to_decoding_here_when_the_child_cannot_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import capture.video as video_module
+
+    path = tmp_path / "short.mp4"
+    written = write_video(path, n_frames=12)
+    monkeypatch.setattr(video_module.sys, "executable", "/bin/false")  # exits at once, says nothing
+    with VideoFileSource(path) as source:
+        got = [frame.t_s for frame in _background(source)]
+    np.testing.assert_allclose(got, written, atol=1e-6)
