@@ -213,9 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     systems.append(System(_VITALCAM_ONE_CORE, _VITALCAM.replace("PREFETCH", "True"), _ours))
     two_core = [
         System(
-            "vitalcam, decoding in a child process", _VITALCAM.replace("PREFETCH", "True"), _ours, cores=2
+            "vitalcam, decoding in a thread (default)", _VITALCAM.replace("PREFETCH", "True"), _ours, cores=2
         ),
-        System("vitalcam, decoding in a thread", _VITALCAM.replace("PREFETCH", '"thread"'), _ours, cores=2),
+        System(
+            "vitalcam, decoding in a child process",
+            _VITALCAM.replace("PREFETCH", '"process"'),
+            _ours,
+            cores=2,
+        ),
     ]
     if len(os.sched_getaffinity(0)) >= 2:
         systems.extend(two_core)

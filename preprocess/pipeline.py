@@ -301,12 +301,14 @@ def process(
 ) -> Measurement:
     """Preprocess a whole recording (replay) into a measurement.
 
-    With `prefetch` decoding runs beside preprocessing on a second core: in a child process for a video
-    file (`VideoFileSource.decoded_elsewhere`; a decode *thread* barely overlaps, because PyAV hands the
-    GIL back and forth around every FFmpeg call), in a thread for any other source. It starts before
-    the landmark model loads, so the two start-ups overlap too. Progress events are ("preprocess",
-    percent) while frames flow, when the source knows its length, then ("build", 100).
-    `prefetch="thread"` forces the thread (to compare), False decodes in line.
+    With `prefetch` (True or "thread") the source is read in a background thread beside preprocessing;
+    a video file's decoding then runs in FFmpeg's own frame threads, which need no GIL, while the Python
+    thread only hands frames over. `prefetch="process"` decodes a video file in a child process instead
+    (`VideoFileSource.decoded_elsewhere`), which has a GIL of its own; on the shared 2-core machine it
+    measured slower than the thread (210 against 302 fps at 720p, same run), so it is not the default
+    until a quiet machine says otherwise (`python -m benchmarks.bench_peers` times both). False decodes
+    in line. Progress events are ("preprocess", percent) while frames flow, when the source knows its
+    length, then ("build", 100).
     """
     config = config or PreprocessConfig(source="video")
     if config.video_bits_per_pixel is None:
@@ -317,7 +319,7 @@ def process(
     if not prefetch:
         source: Iterator[Frame] = iter(frames)
     else:
-        source = _prefetched(frames) if prefetch == "thread" else _decoded_beside(frames)
+        source = _decoded_beside(frames) if prefetch == "process" else _prefetched(frames)
     try:
         # Nobody watches a replay's features: no pulse preview (a POS over 10 s every 15 frames).
         pre = Preprocessor(
