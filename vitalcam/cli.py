@@ -702,7 +702,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_SERVER if failed else EXIT_OK
 
 
-BENCHMARKS = ("capture", "preprocess", "inference", "accuracy", "server")
+BENCHMARKS = ("capture", "preprocess", "peers", "inference", "accuracy", "server")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
