@@ -189,16 +189,7 @@ def region_sums_reference(
     labelled = lab != 0
     clipped = (r >= CLIP_LEVEL * _ONE) | (g >= CLIP_LEVEL * _ONE) | (b >= CLIP_LEVEL * _ONE)
     dark = ~clipped & (y_milli < DARK_LUMA * 1000 * _ONE)
-    keep = labelled.copy()
-    if use_skin_rule:
-        cr_micro = 713 * (1000 * r - y_milli)
-        cb_micro = 564 * (1000 * b - y_milli)
-        keep &= (cr_micro >= (CR_MIN - 128) * 1_000_000 * _ONE) & (
-            cr_micro <= (CR_MAX - 128) * 1_000_000 * _ONE
-        )
-        keep &= (cb_micro >= (CB_MIN - 128) * 1_000_000 * _ONE) & (
-            cb_micro <= (CB_MAX - 128) * 1_000_000 * _ONE
-        )
+    keep = labelled & skin_rule(b, g, r, _ONE) if use_skin_rule else labelled.copy()
     stats[STAT_PIXELS] = labelled.sum()
     stats[STAT_LUMA_MILLI_SUM] = (y_milli[labelled] // _ONE).sum()
     stats[STAT_CLIPPED] = (clipped & labelled).sum()
@@ -210,19 +201,24 @@ def region_sums_reference(
     return sums, counts, stats
 
 
-def skin_pixels(image_bgr: np.ndarray) -> np.ndarray:
-    """bool [H, W]: the skin rule on every pixel of a BGR image (the same integer rule as the kernel's)."""
-    img = image_bgr.astype(np.int64)
-    b, g, r = img[..., 0], img[..., 1], img[..., 2]
+def skin_rule(b: np.ndarray, g: np.ndarray, r: np.ndarray, scale: int) -> np.ndarray:
+    """bool: the kernel's integer skin rule (`_is_skin`) on int64 channel arrays carrying `scale` × the
+    colour value (1 for plain pixels, 2^16 for the reference's bilinear samples)."""
     y_milli = 299 * r + 587 * g + 114 * b
     cr_micro = 713 * (1000 * r - y_milli)
     cb_micro = 564 * (1000 * b - y_milli)
     return (
-        (cr_micro >= (CR_MIN - 128) * 1_000_000)
-        & (cr_micro <= (CR_MAX - 128) * 1_000_000)
-        & (cb_micro >= (CB_MIN - 128) * 1_000_000)
-        & (cb_micro <= (CB_MAX - 128) * 1_000_000)
+        (cr_micro >= (CR_MIN - 128) * 1_000_000 * scale)
+        & (cr_micro <= (CR_MAX - 128) * 1_000_000 * scale)
+        & (cb_micro >= (CB_MIN - 128) * 1_000_000 * scale)
+        & (cb_micro <= (CB_MAX - 128) * 1_000_000 * scale)
     )
+
+
+def skin_pixels(image_bgr: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the skin rule on every pixel of a BGR image (the same integer rule as the kernel's)."""
+    img = image_bgr.astype(np.int64)
+    return skin_rule(img[..., 0], img[..., 1], img[..., 2], 1)
 
 
 def means_from_sums(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
