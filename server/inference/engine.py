@@ -204,6 +204,7 @@ class HeartRateStage:
     motion_level: float
     split_half: float | None  # coherence of the face halves along the track (None without both halves)
     split_half_held: float | None  # the same at the track predicted from disjoint windows
+    whole_snr_db: float  # SNR of the whole-record spectrum at hr_hz (HR and HRV evidence)
 
 
 SPLIT_HALVES: Final = ("face_left", "face_right")
@@ -263,6 +264,7 @@ def heart_rate_stage(cond: Conditioned, region_names: tuple[str, ...]) -> HeartR
         motion_level=motion_level,
         split_half=split_half,
         split_half_held=split_half_held,
+        whole_snr_db=hr_pulse.whole_snr_db(f_hz, whole, hr_hz),
     )
 
 
@@ -327,7 +329,7 @@ def heart_rate_evidence(cond: Conditioned, stage: HeartRateStage) -> conf.HrConf
         roughness_bpm=hr_pulse.track_roughness_bpm(track_hz),
         split_half=stage.split_half,
         split_half_held=stage.split_half_held,
-        whole_snr_db=hr_pulse.whole_snr_db(stage.f_hz, stage.power, stage.hr_hz),
+        whole_snr_db=stage.whole_snr_db,
         # Regions outside the fusion still read their own peak: how many of them agree is a diagnostic.
         agreement=conf.closeness(stage.fusion.hr_bpm, stage.hr_hz * 60.0, measured.astype(float))
         if measured.sum() > 1
@@ -345,7 +347,7 @@ def beat_stage(
     clean_ibi_ms = beats.ibi_ms[beats.accepted]
     hrv_conf = conf.hrv_confidence(
         hr_confidence=hr_confidence,
-        snr_db=hr_pulse.whole_snr_db(stage.f_hz, stage.power, stage.hr_hz),
+        snr_db=stage.whole_snr_db,
         n_clean=beats.n_clean,
         n_expected=cond.usable_s * spectral_bpm / 60.0 - 1.0,
         beat_hr_bpm=60000.0 / float(np.mean(clean_ibi_ms)) if clean_ibi_ms.size else float("nan"),
