@@ -209,7 +209,7 @@ class Preprocessor:
         if mask is None:
             return np.zeros((n_regions, 3), np.int64), np.zeros(n_regions, np.int64), None
         fx_q8, fy_q8 = placement.fraction_q8
-        return extract.region_sums_in(pixels, mask.labels, mask.x0, mask.y0, fx_q8, fy_q8, n_regions, False)
+        return extract.region_sums_in(pixels, mask.labels, mask.x0, mask.y0, fx_q8, fy_q8, n_regions)
 
     def _patch(self, pixels: Pixels, placement: Placement) -> np.ndarray | None:
         if not self.config.include_patches:

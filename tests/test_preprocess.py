@@ -138,12 +138,11 @@ def test_numba_kernel_matches_numpy_reference(seed):
     # Placements fully inside, partly outside on every side, and with sub-pixel fractions.
     for x0, y0 in [(0, 0), (-mask_w // 2, -mask_h // 2), (width - mask_w // 3, height - mask_h // 3), (5, 7)]:
         for fx, fy in [(0, 0), (128, 0), (0, 77), (255, 1)]:
-            for use_skin_rule in (True, False):
-                fast = extract.region_sums(image, labels, x0, y0, fx, fy, 4, use_skin_rule)
-                slow = extract.region_sums_reference(image, labels, x0, y0, fx, fy, 4, use_skin_rule)
-                for a, b in zip(fast, slow, strict=True):
-                    np.testing.assert_array_equal(a, b)
-    assert extract.region_sums(image, labels, 0, 0, 0, 0, 4, True)[1].sum() > 0
+            fast = extract.region_sums(image, labels, x0, y0, fx, fy, 4)
+            slow = extract.region_sums_reference(image, labels, x0, y0, fx, fy, 4)
+            for a, b in zip(fast, slow, strict=True):
+                np.testing.assert_array_equal(a, b)
+    assert extract.region_sums(image, labels, 0, 0, 0, 0, 4)[1].sum() > 0
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -174,8 +173,8 @@ def test_sums_from_i420_planes_equal_sums_from_the_bgr_frame(seed):
     placements = [(0, 0), (3, 5), (-mask_w // 2, -mask_h // 3), (width - mask_w // 2, height - mask_h // 2)]
     for x0, y0 in placements:
         for fx, fy in [(0, 0), (200, 31)]:
-            from_planes = extract.region_sums_in(planes, labels, x0, y0, fx, fy, 4, True)
-            from_bgr = extract.region_sums(full, labels, x0, y0, fx, fy, 4, True)
+            from_planes = extract.region_sums_in(planes, labels, x0, y0, fx, fy, 4)
+            from_bgr = extract.region_sums(full, labels, x0, y0, fx, fy, 4)
             for a, b in zip(from_planes, from_bgr, strict=True):
                 np.testing.assert_array_equal(a, b)
             # Means agree with the float formula within OpenCV's fixed-point rounding.
@@ -196,23 +195,30 @@ def test_sums_from_i420_planes_equal_sums_from_the_bgr_frame(seed):
                         np.testing.assert_allclose(means[r], rgb_float, atol=1.0)
 
 
-def test_kernel_counts_saturated_and_dark_pixels_but_only_the_skin_rule_drops_any():
+def test_kernel_counts_saturated_and_dark_pixels_but_keeps_them_in_the_sums():
     """A per-frame clip or dark test flickers pixels in and out of the mean (see preprocess.extract):
-    saturated and dark pixels are counted for the quality checks, and only the skin rule drops pixels."""
+    saturated and dark pixels are counted for the quality checks, and only the skin rule, decided once
+    per mask, drops pixels."""
     image = np.zeros((1, 5, 3), np.uint8)
     image[0, 0] = (120, 150, 200)  # skin (BGR)
     image[0, 1] = (200, 230, 255)  # skin, red channel saturated
     image[0, 2] = (255, 255, 255)  # saturated white: not skin (Cr = Cb = 128)
     image[0, 3] = (5, 5, 10)  # below video black, and not skin
     image[0, 4] = (200, 120, 40)  # blue: not skin
+    np.testing.assert_array_equal(extract.skin_pixels(image)[0], [True, True, False, False, False])
     labels = np.ones((1, 5), np.uint8)
-    sums, counts, stats = extract.region_sums(image, labels, 0, 0, 0, 0, 1, True)
-    assert counts[0] == 2
-    np.testing.assert_allclose(extract.means_from_sums(sums, counts)[0], (227.5, 190, 160))
+    sums, counts, stats = extract.region_sums(image, labels, 0, 0, 0, 0, 1)
+    assert counts[0] == 5
     assert stats[extract.STAT_CLIPPED] == 2 and stats[extract.STAT_DARK] == 1
     assert stats[extract.STAT_PIXELS] == 5
-    # Full-frame mode keeps every pixel.
-    assert extract.region_sums(image, labels, 0, 0, 0, 0, 1, False)[1][0] == 5
+    assert stats[extract.STAT_LUMA_MILLI_SUM] == sum(
+        299 * int(r) + 587 * int(g) + 114 * int(b) for b, g, r in image[0]
+    )
+    # The skin selection, applied to the labels as the placement does, keeps the two skin pixels.
+    skin_only = np.where(extract.skin_pixels(image), labels, 0).astype(np.uint8)
+    sums, counts, _ = extract.region_sums(image, skin_only, 0, 0, 0, 0, 1)
+    assert counts[0] == 2
+    np.testing.assert_allclose(extract.means_from_sums(sums, counts)[0], (227.5, 190, 160))
 
 
 def test_means_are_nan_where_a_region_has_no_skin():
