@@ -68,9 +68,8 @@ class QualityMonitor:
         jitter_known = len(self._intervals_s) >= 10
         jitter = lost = 0.0
         if jitter_known:
-            intervals = np.fromiter(self._intervals_s, float)
-            jitter = float(intervals.std() / max(intervals.mean(), 1e-9))
-            lost = quality.lost_share(intervals)
+            jitter = quality.interval_jitter(self._intervals_s)
+            lost = quality.lost_share(self._intervals_s)
         state = QualityState(
             brightness_luma=float(brightness),
             clipped_share=float(clipped),

@@ -6,10 +6,11 @@ Only `finish()` decides, from the whole recording, whether there is enough usabl
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
-
-import numpy as np
 
 from contract.limits import BRIDGED_GAP_INTERVALS, MAX_BRIDGED_GAP_S, MIN_CAPTURE_S, MIN_USABLE_S
 
@@ -111,18 +112,27 @@ def frame_warnings(
     return [QualityWarning(code, MESSAGES[code]) for code in codes]
 
 
-def lost_share(intervals_s: np.ndarray) -> float:
+def lost_share(intervals_s: Sequence[float]) -> float:
     """The share of the time these frame intervals span that falls in gaps the engine will not bridge.
 
     A webcam's intervals wobble (33 ms ± 15 ms under load is common) without harm: every frame carries its
     real timestamp and the engine resamples. What a measurement suffers from is a gap it cannot bridge,
-    so that is what the frame-rate hint reports, not the wobble.
+    so that is what the frame-rate hint reports, not the wobble. Plain Python: it runs on every frame over
+    the last few dozen intervals, where numpy's per-call overhead is most of the cost.
     """
-    if intervals_s.size == 0:
+    if len(intervals_s) == 0:
         return 0.0
-    bridge_s = max(MAX_BRIDGED_GAP_S, BRIDGED_GAP_INTERVALS * float(np.median(intervals_s)))
-    total_s = float(intervals_s.sum())
-    return float(intervals_s[intervals_s > bridge_s].sum() / total_s) if total_s > 0 else 0.0
+    bridge_s = max(MAX_BRIDGED_GAP_S, BRIDGED_GAP_INTERVALS * statistics.median(intervals_s))
+    total_s = math.fsum(intervals_s)
+    return math.fsum(i for i in intervals_s if i > bridge_s) / total_s if total_s > 0 else 0.0
+
+
+def interval_jitter(intervals_s: Sequence[float]) -> float:
+    """Standard deviation over mean of the frame intervals (population, like numpy's default)."""
+    n = len(intervals_s)
+    mean = math.fsum(intervals_s) / n
+    variance = math.fsum((i - mean) ** 2 for i in intervals_s) / n
+    return math.sqrt(variance) / max(mean, 1e-9)
 
 
 # A recording this dark in at least this share of its frames failed because of the light, whatever the
