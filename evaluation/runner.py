@@ -76,7 +76,7 @@ def _preprocess(
             total = source.info.frame_count or 0
             for frame in source:
                 times.append(frame.t_s)
-                pre.push(frame)
+                pre.add(frame)
                 if progress is not None and total and len(times) % 30 == 0:
                     progress(recording.name, VITALCAM, min(1.0, len(times) / total))
             try:

@@ -171,10 +171,30 @@ class Preprocessor:
 
     def push(self, frame: Frame) -> FrameFeatures:
         """Process one frame and return what the preview shows for it."""
+        taken = self._take(frame)
+        if taken is not None:
+            pixels, placement, stats = taken
+            with self._timer.stage("quality"):
+                self._last = self._features(frame, pixels, placement, stats)
+        if self._last is None:  # a refused timestamp after frames given to `add`
+            raise ValueError("push() on a Preprocessor that add() was used on: use one or the other")
+        return self._last
+
+    def add(self, frame: Frame) -> None:
+        """Process one frame of a replay: the same tensor rows, quality checks and warning counts as
+        `push`, without building the preview's `FrameFeatures` that nobody looks at."""
+        taken = self._take(frame)
+        if taken is not None:
+            pixels, placement, stats = taken
+            with self._timer.stage("quality"):
+                self._monitor.observe(pixels, placement.box_px, stats)
+
+    def _take(self, frame: Frame) -> tuple[Pixels, Placement, np.ndarray | None] | None:
+        """Place, extract and record one frame; None when its timestamp is refused."""
         pixels = pixels_of(frame)
         self._check_size(pixels)
-        if not self._accept(frame.t_s) and self._last is not None:
-            return self._last
+        if not self._accept(frame.t_s):
+            return None
         self.frames_seen += 1
         placement = self._placer.update(pixels, frame.t_s)
         with self._timer.stage("extraction"):
@@ -182,9 +202,7 @@ class Preprocessor:
         with self._timer.stage("patch"):
             patch = self._patch(pixels, placement)
         self._recorder.record(frame.t_s, sums, counts, self._box_norm(pixels, placement), patch)
-        with self._timer.stage("quality"):
-            self._last = self._features(frame, pixels, placement, stats)
-        return self._last
+        return pixels, placement, stats
 
     def _check_size(self, pixels: Pixels) -> None:
         size = (pixels.width, pixels.height)
@@ -328,7 +346,7 @@ def process(
         try:
             last_percent = -1.0
             for frame in source:
-                pre.push(frame)
+                pre.add(frame)
                 if progress is not None and total:
                     percent = min(99.0, math.floor(100.0 * pre.frames_seen / total))
                     if percent > last_percent:

@@ -303,6 +303,17 @@ def face_runs(face_video):
 
 
 @pytest.mark.slow
+def test_replay_add_records_the_same_tensor_as_live_push(face_video, face_runs):
+    """process() feeds frames through add(), which skips the preview features: the tensor must not change."""
+    path, _ = face_video
+    _, cadence, _, _, _ = face_runs
+    with VideoFileSource(path) as source:
+        replayed = process(source, PreprocessConfig(source="video"), prefetch=False)
+    for name in ("t_s", "rgb", "skin_px", "face_box", "patches"):
+        np.testing.assert_array_equal(getattr(replayed, name), getattr(cadence, name), err_msg=name)
+
+
+@pytest.mark.slow
 def test_face_found_in_almost_every_frame(face_runs):
     _, cadence, every, features, _ = face_runs
     for m in (cadence, every):
