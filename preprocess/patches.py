@@ -14,8 +14,8 @@ def patch_box(
 ) -> tuple[int, int, int]:
     """(x, y, side) of the square crop: the face box made square, enlarged by `scale`, kept in the frame.
 
-    The side is snapped to a multiple of 72 px, which makes INTER_AREA an exact block average and about
-    three times faster, and keeps the crop from changing size with every pixel of landmark jitter.
+    The side is snapped to a multiple of 72 px, which makes INTER_AREA an exact block average and several
+    times faster, and keeps the crop from changing size with every pixel of landmark jitter.
     """
     x, y, w, h = box_px
     side = max(w, h) * scale
@@ -27,8 +27,10 @@ def patch_box(
     cx, cy = x + w / 2, y + h / 2
     x0 = round(cx - side_px / 2)
     y0 = round(cy - side_px / 2)
-    x0 = min(max(0, x0), frame_width - side_px)
-    y0 = min(max(0, y0), frame_height - side_px)
+    # Even corners: an I420 crop is grown to even bounds, and a grown crop is no longer a whole multiple
+    # of 72 px, which costs its resize 4-8 times as much (`capture.yuv.shrink`).
+    x0 = min(max(0, x0), frame_width - side_px) & ~1
+    y0 = min(max(0, y0), frame_height - side_px) & ~1
     return x0, y0, side_px
 
 

@@ -12,11 +12,12 @@ from typing import Final
 import cv2
 import numpy as np
 
+from capture.yuv import shrink
 from preprocess.pixels import Pixels
 
 # Grey tracking image width at most: enough texture for LK, small enough to be nearly free at 1080p. The
-# face area is shrunk by a whole factor (to 64-128 px wide), which makes INTER_AREA an exact block average
-# and about three times faster than a fractional one.
+# face area is shrunk by a power of two (to 64-128 px wide), which `capture.yuv.shrink` takes as halvings,
+# INTER_AREA's fast case.
 TRACK_WIDTH_PX: Final = 128
 _LK_WINDOW_PX: Final = (15, 15)
 _LK_LEVELS: Final = 2
@@ -43,6 +44,7 @@ class FaceTracker:
     def __init__(self) -> None:
         self._rect: tuple[int, int, int, int] | None = None
         self._scale = 1.0
+        self._factor = 1  # tracking image = the area shrunk by this
         self._prev: np.ndarray | None = None
         self._start_pts: np.ndarray | None = None
         self._pts: np.ndarray | None = None
@@ -59,9 +61,12 @@ class FaceTracker:
         if x1 - x0 < 8 or y1 - y0 < 8:
             self._rect = None
             return
-        factor = -(-(x1 - x0) // TRACK_WIDTH_PX)  # ceil
+        factor = 1  # a power of two, which `shrink` takes as halvings (the fast case of INTER_AREA)
+        while (x1 - x0) > TRACK_WIDTH_PX * factor:
+            factor *= 2
         x1, y1 = x0 + (x1 - x0) // factor * factor, y0 + (y1 - y0) // factor * factor
         self._rect = (x0, y0, x1, y1)
+        self._factor = factor
         self._scale = 1.0 / factor
         self._prev = self._grey(pixels)
         pts = np.asarray(points - np.array([x0, y0], np.float32), np.float32) * np.float32(self._scale)
@@ -74,10 +79,7 @@ class FaceTracker:
         assert self._rect is not None
         x0, y0, x1, y1 = self._rect
         grey = pixels.grey_crop(x0, y0, x1, y1)
-        if self._scale < 1.0:
-            size = (round((x1 - x0) * self._scale), round((y1 - y0) * self._scale))
-            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-        return grey
+        return shrink(grey, self._factor)
 
     def update(self, pixels: Pixels) -> tuple[float, float] | None:
         """Face shift in frame pixels since `start`, or None when the track is lost."""

@@ -250,6 +250,7 @@ def test_patch_box_is_square_snapped_and_inside_the_frame(box, size):
     x0, y0, side = patches.patch_box(box, *size, scale=1.2)
     assert side % PATCH_SIZE_PX == 0 and side >= PATCH_SIZE_PX
     assert 0 <= x0 <= size[0] - side and 0 <= y0 <= size[1] - side
+    assert x0 % 2 == 0 and y0 % 2 == 0  # an I420 crop there is not grown (and stays a multiple of 72)
     image = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), np.uint8)
     patch = patches.crop_patch(image, x0, y0, side)
     assert patch.shape == (72, 72, 3) and patch.dtype == np.uint8
