@@ -8,14 +8,17 @@ landmark cadence, anchoring, smoothing), the `extract` kernel (per-region skin s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+import cv2
 import numpy as np
 
 from capture.frame import Frame
@@ -319,14 +322,17 @@ def process(
 ) -> Measurement:
     """Preprocess a whole recording (replay) into a measurement.
 
-    With `prefetch` (True or "thread") the source is read in a background thread beside preprocessing;
-    a video file's decoding then runs in FFmpeg's own frame threads, which need no GIL, while the Python
-    thread only hands frames over. `prefetch="process"` decodes a video file in a child process instead
-    (`VideoFileSource.decoded_elsewhere`), which has a GIL of its own; on the shared 2-core machine it
-    measured slower than the thread (210 against 302 fps at 720p, same run), so it is not the default
-    until a quiet machine says otherwise (`python -m benchmarks.bench_peers` times both). False decodes
-    in line. Progress events are ("preprocess", percent) while frames flow, when the source knows its
-    length, then ("build", 100).
+    With `prefetch` (True or "thread") the source is read in a background thread beside preprocessing
+    when this process may run on two cores or more (`os.sched_getaffinity`); on one core a second
+    thread only adds hand-offs (measured 414 against 444 fps at 720p, same run), so the source is read
+    in line there. A video file's decoding runs in FFmpeg's own frame threads, which need no GIL,
+    while the Python thread only hands frames over. `prefetch="process"` decodes a video file in a
+    child process instead (`VideoFileSource.decoded_elsewhere`), which has a GIL of its own but must
+    copy every frame (0.24 ms at 720p); it measured slower than the thread (448 against 630 fps at 720p,
+    same run), so it is opt-in. False decodes in line. OpenCV's own worker threads are turned off for
+    the duration: every call here works on a face-sized crop, where waking them costs more than they
+    save (two cores: 568 -> 630 fps at 720p). Progress events are ("preprocess", percent) while frames
+    flow, when the source knows its length, then ("build", 100).
     """
     config = config or PreprocessConfig(source="video")
     if config.video_bits_per_pixel is None:
@@ -334,6 +340,8 @@ def process(
         if isinstance(bits_per_pixel, float):
             config = dataclasses.replace(config, video_bits_per_pixel=bits_per_pixel)
     total = _expected_frames(frames)
+    if prefetch is True and len(os.sched_getaffinity(0)) < 2:
+        prefetch = False
     if not prefetch:
         source: Iterator[Frame] = iter(frames)
     else:
@@ -344,14 +352,15 @@ def process(
             dataclasses.replace(config, preview_every_frames=0), backend=backend, frame_size=frame_size
         )
         try:
-            last_percent = -1.0
-            for frame in source:
-                pre.add(frame)
-                if progress is not None and total:
-                    percent = min(99.0, math.floor(100.0 * pre.frames_seen / total))
-                    if percent > last_percent:
-                        progress("preprocess", percent)
-                        last_percent = percent
+            with _opencv_single_threaded():
+                last_percent = -1.0
+                for frame in source:
+                    pre.add(frame)
+                    if progress is not None and total:
+                        percent = min(99.0, math.floor(100.0 * pre.frames_seen / total))
+                        if percent > last_percent:
+                            progress("preprocess", percent)
+                            last_percent = percent
             if progress is not None:
                 progress("preprocess", 100.0)
             measurement = pre.finish()
@@ -364,6 +373,17 @@ def process(
         close = getattr(source, "close", None)
         if callable(close):
             close()
+
+
+@contextlib.contextmanager
+def _opencv_single_threaded() -> Iterator[None]:
+    """OpenCV without its worker threads for the block, restored after (it is a process-wide setting)."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def _decoded_beside(frames: Iterable[Frame]) -> Iterator[Frame]:

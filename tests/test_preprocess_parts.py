@@ -3,6 +3,8 @@ the tracker's whole-factor shrink, and a landmark backend that brings its own re
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import cv2
@@ -12,7 +14,7 @@ import pytest
 from capture.frame import Frame
 from capture.yuv import I420Planes, YuvFrame, shrink
 from contract.tensor import MAX_REGIONS
-from preprocess import PreprocessConfig, Preprocessor, extract, patches
+from preprocess import PreprocessConfig, Preprocessor, extract, patches, process
 from preprocess.face import BACKENDS, backend_named
 from preprocess.pixels import BgrPixels
 from preprocess.regions import RegionMask, RegionSet, label_dtype
@@ -177,3 +179,42 @@ def test_shrink_is_the_block_average_up_to_its_rounding(factor):
     assert small.shape == (36, 48) and small.dtype == np.uint8
     # Each halving rounds: at most half a level per halving, and less than a level in all here.
     assert np.abs(small - exact).max() <= 0.5 * (1 + (factor % 2 == 0) + (factor % 4 == 0)) + 1e-9
+
+
+def _full_frame_replay(n: int, seen: list[tuple[str, int]]):
+    """n noisy grey frames that note, as each is taken, which thread takes it and OpenCV's thread count."""
+    rng = np.random.default_rng(9)
+    for i in range(n):
+        seen.append((threading.current_thread().name, cv2.getNumThreads()))
+        yield Frame(rng.integers(90, 110, (48, 64, 3), dtype=np.uint8), i / 30.0, i)
+
+
+def test_replay_turns_opencv_threads_off_for_its_duration_and_restores_them():
+    config = PreprocessConfig(regions="full-frame", source="video", min_usable_s=1.0)
+    seen: list[tuple[str, int]] = []
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        measurement = process(_full_frame_replay(180, seen), config, prefetch=False)
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+    assert measurement.n_frames == 180
+    # The first frame is taken before the loop (by iter), the rest while OpenCV is single-threaded.
+    assert {count for _, count in seen[1:]} == {1}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to see the prefetch thread")
+def test_replay_reads_in_line_on_one_core_and_beside_on_two():
+    config = PreprocessConfig(regions="full-frame", source="video", min_usable_s=1.0)
+    cores = os.sched_getaffinity(0)
+    two: list[tuple[str, int]] = []
+    process(_full_frame_replay(180, two), config)
+    one: list[tuple[str, int]] = []
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        process(_full_frame_replay(180, one), config)
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert {name for name, _ in two} == {"preprocess-prefetch"}
+    assert {name for name, _ in one} == {threading.current_thread().name}
