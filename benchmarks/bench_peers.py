@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
         else:
-            print("vitallens: skipped (it reads videos with an ffmpeg child process; no ffmpeg on PATH)")
+            print("vitallens: skipped (it reads videos with an ffmpeg child; apt-get install ffmpeg)")
     systems.append(System(_VITALCAM_ONE_CORE, _VITALCAM.replace("PREFETCH", "True"), _ours))
     two_core = [
         System(

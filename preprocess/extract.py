@@ -231,7 +231,8 @@ def skin_pixels(image_bgr: np.ndarray) -> np.ndarray:
 
 
 def means_from_sums(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """float32 [R, 3] means (0..255), NaN where a region had no pixels (the tensor's 'absent')."""
+    """float32 [..., R, 3] means (0..255) of sums [..., R, 3] over counts [..., R], NaN where a region had
+    no pixels (the tensor's 'absent')."""
     means = np.full(sums.shape, np.nan, np.float32)
     present = counts > 0
     means[present] = sums[present] / (counts[present, None] * float(_ONE))

@@ -22,8 +22,10 @@ class TraceRecorder:
         self.region_names = region_names
         self.include_patches = include_patches
         self.t_s: list[float] = []
-        self._rgb: list[np.ndarray] = []
-        self._skin_px: list[np.ndarray] = []
+        # The kernel's integer sums and counts, divided into means once at the end (or for the preview's
+        # window): per frame that small division cost as much as the landmark cadence saved.
+        self._sums: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
         self._box: list[np.ndarray] = []
         self._patches: list[np.ndarray] = []
 
@@ -43,8 +45,8 @@ class TraceRecorder:
     ) -> None:
         """One frame: the kernel's integer sums and counts [R], the normalised box [4], the patch."""
         self.t_s.append(t_s)
-        self._rgb.append(extract.means_from_sums(sums, counts))
-        self._skin_px.append(counts.astype(np.int32))
+        self._sums.append(sums)
+        self._counts.append(counts)
         self._box.append(box_norm)
         if patch is not None:
             self._patches.append(patch)
@@ -58,8 +60,9 @@ class TraceRecorder:
         while start > 0 and t_end - self.t_s[start - 1] <= window_s:
             start -= 1
         t_s = np.asarray(self.t_s[start:])
-        rgb = np.array([row[region] for row in self._rgb[start:]], np.float64)
-        return t_s, rgb
+        sums = np.stack([row[region] for row in self._sums[start:]])
+        counts = np.array([row[region] for row in self._counts[start:]])
+        return t_s, extract.means_from_sums(sums, counts).astype(np.float64)
 
     def finish(
         self,
@@ -76,7 +79,7 @@ class TraceRecorder:
         n = len(self.t_s)
         if n < 2:
             raise QualityTooLow(quality.NO_FRAMES, f"Only {n} frame(s) were captured; nothing to measure.")
-        skin_px = np.stack(self._skin_px)
+        skin_px = np.stack(self._counts)
         t_s = np.asarray(self.t_s, np.float64)
         if face_mode:
             face_present = ~np.isnan(np.stack(self._box)[:, 0])
@@ -99,7 +102,7 @@ class TraceRecorder:
         width, height = frame_size
         measurement = Measurement(
             t_s=t_s,
-            rgb=np.stack(self._rgb).astype(np.float32, copy=False),
+            rgb=extract.means_from_sums(np.stack(self._sums), skin_px),
             skin_px=skin_px.astype(np.int32, copy=False),
             face_box=np.stack(self._box).astype(np.float32, copy=False),
             patches=np.stack(self._patches) if self.include_patches else None,

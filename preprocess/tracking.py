@@ -21,7 +21,7 @@ from preprocess.pixels import Pixels
 TRACK_WIDTH_PX: Final = 128
 # An 11 px window over two pyramid levels follows up to ~10 px per frame at tracking scale (a tenth of the
 # face's width; landmarks re-run from 3 %) and costs half of a 15 px window over three levels, with the same
-# heart-rate accuracy on the real and rendered sets (docs/vitals.md, replay throughput).
+# heart-rate accuracy on the real and rendered sets (benchmarks/README.md, preprocess section).
 _LK_WINDOW_PX: Final = (11, 11)
 _LK_LEVELS: Final = 1
 _LK_CRITERIA: Final = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 0.03)
