@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {m['landmark_share']:.0%} | {m['push_ms'] * 30 / 1000:.1%} |"
             )
     print()
-    print("End to end (process() on the replay source, decode in a background thread)")
+    print("End to end (process() on the replay source: decoding beside it on two cores, in line on one)")
     header = (
         "| res | (a) cv2 decode fps | before fps | after fps | after time / (a) | (b) naive fps "
         "| (b) face found | after vs (b) | after vs before |"
