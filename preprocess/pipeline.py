@@ -340,7 +340,7 @@ def process(
         if isinstance(bits_per_pixel, float):
             config = dataclasses.replace(config, video_bits_per_pixel=bits_per_pixel)
     total = _expected_frames(frames)
-    if prefetch is True and len(os.sched_getaffinity(0)) < 2:
+    if prefetch in (True, "thread") and len(os.sched_getaffinity(0)) < 2:
         prefetch = False
     if not prefetch:
         source: Iterator[Frame] = iter(frames)
