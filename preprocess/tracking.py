@@ -46,8 +46,7 @@ class FaceTracker:
 
     def __init__(self) -> None:
         self._rect: tuple[int, int, int, int] | None = None
-        self._scale = 1.0
-        self._factor = 1  # tracking image = the area shrunk by this
+        self._factor = 1  # the tracking image is the tracked area shrunk by this (a power of two)
         self._prev: np.ndarray | None = None
         self._start_pts: np.ndarray | None = None
         self._pts: np.ndarray | None = None
@@ -70,9 +69,8 @@ class FaceTracker:
         x1, y1 = x0 + (x1 - x0) // factor * factor, y0 + (y1 - y0) // factor * factor
         self._rect = (x0, y0, x1, y1)
         self._factor = factor
-        self._scale = 1.0 / factor
         self._prev = self._grey(pixels)
-        pts = np.asarray(points - np.array([x0, y0], np.float32), np.float32) * np.float32(self._scale)
+        pts = np.asarray(points - np.array([x0, y0], np.float32), np.float32) / np.float32(factor)
         self._start_pts = pts.astype(np.float32).reshape(-1, 1, 2)
         self._pts = self._start_pts.copy()
         self._alive = np.ones(len(pts), bool)
@@ -113,4 +111,4 @@ class FaceTracker:
         if spread > 2.0:
             self._rect = None
             return None
-        return float(shift[0] / self._scale), float(shift[1] / self._scale)
+        return float(shift[0] * self._factor), float(shift[1] * self._factor)

@@ -100,7 +100,7 @@ def test_tracker_shrinks_the_face_area_by_a_whole_factor(face_width_px):
     tracker = FaceTracker()
     tracker.start(planes, points, (500.0, 300.0, float(face_width_px), float(face_width_px)))
     x0, y0, x1, y1 = tracker._rect  # type: ignore[misc]
-    factor = round(1 / tracker._scale)
+    factor = tracker._factor
     assert (x1 - x0) % factor == 0 and (y1 - y0) % factor == 0
     assert (x1 - x0) // factor <= TRACK_WIDTH_PX
     assert (x1 - x0) // factor > TRACK_WIDTH_PX // 2 or factor == 1
