@@ -48,9 +48,9 @@ class FaceTracker:
         self._rect: tuple[int, int, int, int] | None = None
         self._factor = 1  # the tracking image is the tracked area shrunk by this (a power of two)
         self._prev: np.ndarray | None = None
-        self._start_pts: np.ndarray | None = None
-        self._pts: np.ndarray | None = None
-        self._alive: np.ndarray | None = None
+        self._start_xy: list[tuple[float, float]] = []  # the points at `start`, tracking px
+        self._pts: np.ndarray | None = None  # float32 [N, 1, 2]: where LK last found them
+        self._alive: list[bool] = []
 
     def start(self, pixels: Pixels, points: np.ndarray, box_px: tuple[float, ...]) -> None:
         """Begin tracking `points` (float32 [N, 2] frame px: the landmarks that move with the head, see
@@ -71,9 +71,9 @@ class FaceTracker:
         self._factor = factor
         self._prev = self._grey(pixels)
         pts = np.asarray(points - np.array([x0, y0], np.float32), np.float32) / np.float32(factor)
-        self._start_pts = pts.astype(np.float32).reshape(-1, 1, 2)
-        self._pts = self._start_pts.copy()
-        self._alive = np.ones(len(pts), bool)
+        self._pts = pts.astype(np.float32).reshape(-1, 1, 2)
+        self._start_xy = [(x, y) for x, y in pts.tolist()]
+        self._alive = [True] * len(self._start_xy)
 
     def _grey(self, pixels: Pixels) -> np.ndarray:
         """The tracked area in grey at tracking scale (the Y plane itself for I420 frames)."""
@@ -86,7 +86,6 @@ class FaceTracker:
         """Face shift in frame pixels since `start`, or None when the track is lost."""
         if self._rect is None or self._prev is None or self._pts is None:
             return None
-        assert self._start_pts is not None and self._alive is not None
         grey = self._grey(pixels)
         pts, status, _err = cv2.calcOpticalFlowPyrLK(
             self._prev,
@@ -98,17 +97,36 @@ class FaceTracker:
             criteria=_LK_CRITERIA,
         )
         self._prev = grey
-        self._alive &= status.reshape(-1) == 1
-        if self._alive.sum() < len(self._alive) // 2:
+        self._pts = pts
+        # Plain Python from here: on ~20 points each numpy call costs more than the arithmetic.
+        alive = self._alive
+        dx: list[float] = []
+        dy: list[float] = []
+        for i, (found, (x, y), (x0, y0)) in enumerate(
+            zip(status.ravel().tolist(), pts.reshape(-1, 2).tolist(), self._start_xy, strict=True)
+        ):
+            if alive[i] and found == 1:
+                dx.append(x - x0)
+                dy.append(y - y0)
+            else:
+                alive[i] = False
+        if len(dx) < len(alive) // 2:
             self._rect = None
             return None
-        self._pts = pts
-        moved = (pts - self._start_pts).reshape(-1, 2)[self._alive]
-        shift = median_rows(moved)
+        shift_x, shift_y = _median(dx), _median(dy)
         # Points disagreeing a lot means rotation, scaling or expression: the translation model no
         # longer holds, so ask for landmarks.
-        spread = float(median_rows(np.abs(moved - shift).reshape(-1)))
+        spread = _median([abs(d - shift_x) for d in dx] + [abs(d - shift_y) for d in dy])
         if spread > 2.0:
             self._rect = None
             return None
-        return float(shift[0] * self._factor), float(shift[1] * self._factor)
+        return shift_x * self._factor, shift_y * self._factor
+
+
+def _median(values: list[float]) -> float:
+    """The median of a short list (the mean of the middle two for an even length), as np.median gives."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n % 2:
+        return ordered[n // 2]
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
