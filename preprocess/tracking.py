@@ -19,11 +19,12 @@ from preprocess.pixels import Pixels
 # face area is shrunk by a power of two (to 64-128 px wide), which `capture.yuv.shrink` takes as halvings,
 # INTER_AREA's fast case.
 TRACK_WIDTH_PX: Final = 128
-# An 11 px window over two pyramid levels follows up to ~10 px per frame at tracking scale (a tenth of the
-# face's width; landmarks re-run from 3 %) and costs half of a 15 px window over three levels, with the same
-# heart-rate accuracy on the real and rendered sets (benchmarks/README.md, preprocess section).
+# One 11 px window without a pyramid follows about 5 px per frame at tracking scale. That is more than
+# the motion that re-runs landmarks anyway (3 % of the face's width, 1-3 px here), so pyramid levels only
+# cost time: dropping the second level saved a tenth of tracking with the same heart rates on the real
+# and rendered sets (benchmarks/README.md, preprocess section).
 _LK_WINDOW_PX: Final = (11, 11)
-_LK_LEVELS: Final = 1
+_LK_LEVELS: Final = 0
 _LK_CRITERIA: Final = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 0.03)
 
 
