@@ -111,7 +111,7 @@ class FaceTracker:
                 dy.append(y - y0)
             else:
                 alive[i] = False
-        if len(dx) < len(alive) // 2:
+        if not dx or len(dx) < len(alive) // 2:
             self._rect = None
             return None
         shift_x, shift_y = _median(dx), _median(dy)

@@ -14,7 +14,7 @@ import pytest
 from capture.frame import Frame
 from capture.yuv import I420Planes, YuvFrame, shrink
 from contract.tensor import MAX_REGIONS
-from preprocess import PreprocessConfig, Preprocessor, extract, patches, process
+from preprocess import PreprocessConfig, Preprocessor, extract, patches, process, tracking
 from preprocess.face import BACKENDS, backend_named
 from preprocess.pixels import BgrPixels
 from preprocess.regions import RegionMask, RegionSet, label_dtype
@@ -105,6 +105,28 @@ def test_tracker_shrinks_the_face_area_by_a_whole_factor(face_width_px):
     assert (x1 - x0) // factor <= TRACK_WIDTH_PX
     assert (x1 - x0) // factor > TRACK_WIDTH_PX // 2 or factor == 1
     assert tracker.update(planes) == (0.0, 0.0)  # the same frame again: no motion
+
+
+def test_tracker_follows_a_known_shift_of_a_textured_face_area():
+    rng = np.random.default_rng(7)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (720, 1280)).astype(np.float32), (0, 0), 4.0)
+    texture = cv2.normalize(texture, None, 16, 235, cv2.NORM_MINMAX).astype(np.uint8)
+    chroma = np.full((360, 640), 128, np.uint8)
+    points = (np.array([560.0, 260.0]) + rng.uniform(0, 150, (20, 2))).astype(np.float32)
+    tracker = FaceTracker()
+    tracker.start(I420Planes(texture, chroma, chroma), points, (560.0, 260.0, 150.0, 150.0))
+    assert tracker._factor == 2  # the shift is followed at tracking scale and given back in frame px
+    for step in (1, 2, 3):  # the face moves 2 px right and 2 px down per frame
+        moved = np.roll(texture, (2 * step, 2 * step), axis=(0, 1))
+        shift = tracker.update(I420Planes(moved, chroma, chroma))
+        assert shift is not None
+        assert shift == pytest.approx((2.0 * step, 2.0 * step), abs=0.25)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 20, 21])
+def test_tracker_median_is_numpys(n):
+    values = np.random.default_rng(n).normal(size=n).tolist()
+    assert tracking._median(values) == pytest.approx(float(np.median(values)), abs=1e-12)
 
 
 class TenRegionBackend:
