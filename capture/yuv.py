@@ -61,21 +61,23 @@ class I420Planes:
         )
         return bgr[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
 
-    def small_bgr(self, width_px: int, height_px: int) -> np.ndarray:
-        """The frame area-averaged to (about) width_px x height_px, in BGR, converting only the small copy.
+    def small_bgr(self, width_px: int, height_px: int, *, rgb: bool = False) -> np.ndarray:
+        """The frame area-averaged to (about) width_px x height_px, in BGR (or RGB), converting only the
+        small copy.
 
         Planes are resized before the colour conversion (averaging Y, U and V separately is exact for the
         affine part of the conversion), so this is for the landmark model, not for colour measurement.
         Sizes are rounded to even numbers, as I420 needs.
         """
         width_px, height_px = max(2, width_px & ~1), max(2, height_px & ~1)
+        code = cv2.COLOR_YUV2RGB_I420 if rgb else cv2.COLOR_YUV2BGR_I420
         if (width_px, height_px) == (self.width, self.height):
-            return self.to_bgr()
+            return _convert(self.y, self.u, self.v, code)
         area = cv2.INTER_AREA
         y = cv2.resize(self.y, (width_px, height_px), interpolation=area)
         u = cv2.resize(self.u, (width_px // 2, height_px // 2), interpolation=area)
         v = cv2.resize(self.v, (width_px // 2, height_px // 2), interpolation=area)
-        return _convert(y, u, v, cv2.COLOR_YUV2BGR_I420)
+        return _convert(y, u, v, code)
 
     def resized_crop(
         self, x0: int, y0: int, x1: int, y1: int, width_px: int, height_px: int, *, rgb: bool = False

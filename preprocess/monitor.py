@@ -27,12 +27,23 @@ class QualityMonitor:
         self.face_mode = face_mode
         self.warning_counts: dict[str, int] = {}
         self._intervals_s: deque[float] = deque(maxlen=60)
+        self._timing: tuple[float, float] | None = None  # (jitter, lost share) of the intervals above
         self._speed = 0.0
         self._prev_center: tuple[float, float] | None = None
 
     def frame_interval(self, interval_s: float) -> None:
-        """The time since the previous accepted frame."""
-        self._intervals_s.append(interval_s)
+        """The time since the previous accepted frame, kept to the microsecond.
+
+        The timing statistics depend only on which intervals the window holds, not on their order, so
+        when the interval leaving the window equals the one arriving (a steady replay or camera, once
+        rounded: pts arithmetic leaves last-bit differences) the last statistics still hold.
+        """
+        interval_s = round(interval_s, 6)
+        intervals = self._intervals_s
+        leaving = intervals[0] if len(intervals) == intervals.maxlen else None
+        intervals.append(interval_s)
+        if leaving != interval_s:
+            self._timing = None
 
     def observe(
         self, pixels: Pixels, box: Box | None, stats: np.ndarray | None
@@ -68,8 +79,10 @@ class QualityMonitor:
         jitter_known = len(self._intervals_s) >= 10
         jitter = lost = 0.0
         if jitter_known:
-            jitter = quality.interval_jitter(self._intervals_s)
-            lost = quality.lost_share(self._intervals_s)
+            if self._timing is None:
+                intervals = self._intervals_s
+                self._timing = (quality.interval_jitter(intervals), quality.lost_share(intervals))
+            jitter, lost = self._timing
         state = QualityState(
             brightness_luma=float(brightness),
             clipped_share=float(clipped),

@@ -32,7 +32,7 @@ class Pixels(Protocol):
 
     def crop_bgr(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray: ...
 
-    def small_bgr(self, width_px: int, height_px: int) -> np.ndarray: ...
+    def small_bgr(self, width_px: int, height_px: int, *, rgb: bool = False) -> np.ndarray: ...
 
     def resized_crop(
         self, x0: int, y0: int, x1: int, y1: int, width_px: int, height_px: int, *, rgb: bool = False
@@ -63,10 +63,11 @@ class BgrPixels:
     def crop_bgr(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         return self.image[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)]
 
-    def small_bgr(self, width_px: int, height_px: int) -> np.ndarray:
-        if (width_px, height_px) == (self.width, self.height):
-            return self.image
-        return cv2.resize(self.image, (width_px, height_px), interpolation=cv2.INTER_AREA)
+    def small_bgr(self, width_px: int, height_px: int, *, rgb: bool = False) -> np.ndarray:
+        small = self.image
+        if (width_px, height_px) != (self.width, self.height):
+            small = cv2.resize(self.image, (width_px, height_px), interpolation=cv2.INTER_AREA)
+        return cv2.cvtColor(small, cv2.COLOR_BGR2RGB) if rgb else small
 
     def resized_crop(
         self, x0: int, y0: int, x1: int, y1: int, width_px: int, height_px: int, *, rgb: bool = False

@@ -64,14 +64,24 @@ class RegionMask:
     labels: np.ndarray  # uint8 or uint16 [h, w] bit mask (see `label_dtype`)
     x0: int
     y0: int
-    polygons: tuple[np.ndarray, ...]  # int32 [N, 2] frame coordinates at the time of drawing
+    drawn_polygons: tuple[np.ndarray, ...]  # int32 [N, 2] frame coordinates at the time of drawing
+    moved_px: tuple[int, int] = (0, 0)  # whole-pixel translation since drawing
+
+    @property
+    def polygons(self) -> tuple[np.ndarray, ...]:
+        """The region outlines where the mask is now, in frame pixels (for the preview).
+
+        Shifted only when asked for: the mask moves on most frames, and a replay never draws them.
+        """
+        if self.moved_px == (0, 0):
+            return self.drawn_polygons
+        shift = np.array(self.moved_px, dtype=np.int32)
+        return tuple(p + shift for p in self.drawn_polygons)
 
     def moved(self, dx_px: int, dy_px: int) -> RegionMask:
-        """The same mask translated by whole pixels (polygons follow, for the preview)."""
-        shift = np.array([dx_px, dy_px], dtype=np.int32)
-        return RegionMask(
-            self.labels, self.x0 + dx_px, self.y0 + dy_px, tuple(p + shift for p in self.polygons)
-        )
+        """The same mask translated by whole pixels (its polygons follow)."""
+        total = (self.moved_px[0] + dx_px, self.moved_px[1] + dy_px)
+        return RegionMask(self.labels, self.x0 + dx_px, self.y0 + dy_px, self.drawn_polygons, total)
 
 
 def face_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:

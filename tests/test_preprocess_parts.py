@@ -15,7 +15,7 @@ from capture.frame import Frame
 from capture.yuv import I420Planes, YuvFrame, shrink
 from contract.tensor import MAX_REGIONS
 from preprocess import PreprocessConfig, Preprocessor, extract, patches, process, tracking
-from preprocess.face import BACKENDS, backend_named
+from preprocess.face import BACKENDS, backend_named, landmark_xy
 from preprocess.pixels import BgrPixels
 from preprocess.regions import RegionMask, RegionSet, label_dtype
 from preprocess.timing import StageTimer
@@ -75,6 +75,36 @@ def test_face_crop_at_the_whole_frame_copys_scale_is_a_block_of_that_copy():
     # Aligned to the copy's grid (and its chroma grid): factor 2, so multiples of 4 px.
     crop = planes.resized_crop(400, 120, 800, 520, 200, 200)
     np.testing.assert_array_equal(crop, small[60:260, 200:400])
+
+
+def test_small_copy_in_rgb_is_the_bgr_copy_reversed_from_planes_and_from_bgr():
+    rng = np.random.default_rng(6)
+    planes = random_planes(rng, 1280, 720)
+    for pixels in (planes, BgrPixels(planes.to_bgr())):
+        for size in ((640, 360), (1280, 720)):
+            bgr = pixels.small_bgr(*size)
+            np.testing.assert_array_equal(pixels.small_bgr(*size, rgb=True), bgr[..., ::-1])
+
+
+def test_landmarks_read_from_the_wire_equal_the_point_by_point_read():
+    from mediapipe.framework.formats import landmark_pb2
+
+    rng = np.random.default_rng(7)
+    xyz = rng.uniform(-0.2, 1.2, (468, 3)).astype(np.float32)
+    xyz[5] = 0.0  # proto2 optional fields: an explicit 0.0 is still on the wire
+    landmarks = landmark_pb2.NormalizedLandmarkList(
+        landmark=[landmark_pb2.NormalizedLandmark(x=x, y=y, z=z) for x, y, z in xyz.tolist()]
+    )
+    expected = np.array([(p.x, p.y) for p in landmarks.landmark], np.float32)
+    fast = landmark_xy(landmarks)
+    assert fast.dtype == np.float32 and fast.shape == (468, 2)
+    np.testing.assert_array_equal(fast, expected)
+    np.testing.assert_array_equal(fast, xyz[:, :2])
+    # Another layout (a visibility field, a missing z) is still read right, by the slow path.
+    landmarks.landmark[3].visibility = 0.5
+    landmarks.landmark[7].ClearField("z")
+    np.testing.assert_array_equal(landmark_xy(landmarks), expected)
+    assert landmark_xy(landmark_pb2.NormalizedLandmarkList()).shape == (0, 2)
 
 
 def test_patch_from_i420_planes_matches_the_converted_crop_within_a_level_or_two():
@@ -240,3 +270,14 @@ def test_replay_reads_in_line_on_one_core_and_beside_on_two():
         os.sched_setaffinity(0, cores)
     assert {name for name, _ in two} == {"preprocess-prefetch"}
     assert {name for name, _ in one} == {threading.current_thread().name}
+
+
+def test_a_moved_mask_keeps_its_labels_and_its_outlines_follow_it():
+    outline = np.array([[10, 20], [30, 20], [30, 40]], np.int32)
+    labels = np.ones((21, 21), np.uint8)
+    mask = RegionMask(labels, 10, 20, (outline,))
+    assert mask.polygons[0] is outline
+    moved = mask.moved(3, -2).moved(1, 1)
+    assert (moved.x0, moved.y0) == (14, 19) and moved.labels is labels
+    np.testing.assert_array_equal(moved.polygons[0], outline + np.array([4, -1]))
+    np.testing.assert_array_equal(mask.polygons[0], [[10, 20], [30, 20], [30, 40]])  # the original stays

@@ -68,3 +68,25 @@ def test_wobbling_frame_times_raise_no_hint_but_lost_frames_do() -> None:
     assert FRAME_RATE_UNSTABLE in codes
     slow = np.full(60, 1 / 10)  # a steady 10 fps camera is slow, not losing frames
     assert quality.lost_share(slow) == 0.0
+
+
+def test_the_monitors_timing_statistics_equal_a_fresh_computation_over_its_window() -> None:
+    from preprocess.monitor import QualityMonitor
+    from preprocess.pixels import BgrPixels
+
+    rng = np.random.default_rng(3)
+    pixels = BgrPixels(np.full((48, 64, 3), 120, np.uint8))
+    monitor = QualityMonitor(QualityThresholds(), face_mode=True)
+    # A steady 30 fps stream with last-bit pts noise, then stutters and gaps: both the kept and the
+    # recomputed statistics are exercised.
+    steady = 1 / 30 + rng.choice([-1e-17, 0.0, 1e-17], 200)
+    bumpy = rng.choice([1 / 30, 1 / 15, 0.2], 120, p=[0.8, 0.15, 0.05])
+    window: list[float] = []
+    for interval_s in np.concatenate([steady, bumpy, steady]).tolist():
+        monitor.frame_interval(interval_s)
+        window = [*window, round(interval_s, 6)][-60:]
+        state, _ = monitor.observe(pixels, (10.0, 10.0, 20.0, 20.0), None)
+        if len(window) >= 10:
+            assert state.interval_jitter == quality.interval_jitter(window)
+            assert state.lost_share == quality.lost_share(window)
+    assert state.interval_jitter < 1e-9  # back to steady: the window holds one value again
