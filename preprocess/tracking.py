@@ -3,6 +3,11 @@
 Landmarks cost several ms; between them we only need how far the face moved. Tracking about twenty
 rigid-ish points (nose, eye corners, forehead, chin) on a small grey copy of the face area costs a small
 fraction of that, and its failure (points lost, or spread out) is the signal to re-run landmarks at once.
+
+Flow is measured from the landmark frame itself to each new frame, starting from where the points were
+last found, not from one frame to the next: chained frame-to-frame estimates add up their errors as a
+random walk, so the longer landmarks wait the further the mask drifts, while flow from a fixed reference
+stays as close at the end of a landmark interval as after one frame (`preprocess.placement`).
 """
 
 from __future__ import annotations
@@ -39,17 +44,18 @@ def median_rows(values: np.ndarray) -> np.ndarray:
 
 
 class FaceTracker:
-    """Translation of the face since the last landmark run, from frame-to-frame LK flow.
+    """Translation of the face since the last landmark run, from LK flow against that run's frame.
 
-    The tracked area is the face box plus a margin, fixed at the landmark run, so consecutive frames are
-    cropped identically and the flow is directly in (scaled) frame coordinates.
+    The tracked area is the face box plus a margin, fixed at the landmark run, so every frame is cropped
+    identically and the flow is directly in (scaled) frame coordinates.
     """
 
     def __init__(self) -> None:
         self._rect: tuple[int, int, int, int] | None = None
         self._factor = 1  # the tracking image is the tracked area shrunk by this (a power of two)
-        self._prev: np.ndarray | None = None
-        self._start_xy: list[tuple[float, float]] = []  # the points at `start`, tracking px
+        self._anchor: np.ndarray | None = None  # the grey tracking image of the landmark frame
+        self._start_pts: np.ndarray | None = None  # float32 [N, 1, 2]: the points there, tracking px
+        self._start_xy: list[tuple[float, float]] = []  # the same points as a list
         self._pts: np.ndarray | None = None  # float32 [N, 1, 2]: where LK last found them
         self._alive: list[bool] = []
 
@@ -70,9 +76,10 @@ class FaceTracker:
         x1, y1 = x0 + (x1 - x0) // factor * factor, y0 + (y1 - y0) // factor * factor
         self._rect = (x0, y0, x1, y1)
         self._factor = factor
-        self._prev = self._grey(pixels)
+        self._anchor = self._grey(pixels)
         pts = np.asarray(points - np.array([x0, y0], np.float32), np.float32) / np.float32(factor)
-        self._pts = pts.astype(np.float32).reshape(-1, 1, 2)
+        self._start_pts = pts.astype(np.float32).reshape(-1, 1, 2)
+        self._pts = self._start_pts.copy()
         self._start_xy = [(x, y) for x, y in pts.tolist()]
         self._alive = [True] * len(self._start_xy)
 
@@ -85,19 +92,21 @@ class FaceTracker:
 
     def update(self, pixels: Pixels) -> tuple[float, float] | None:
         """Face shift in frame pixels since `start`, or None when the track is lost."""
-        if self._rect is None or self._prev is None or self._pts is None:
+        if self._rect is None or self._anchor is None or self._start_pts is None or self._pts is None:
             return None
         grey = self._grey(pixels)
+        # From the landmark frame, starting at the last positions (so the window only has to cover one
+        # frame's motion, as frame-to-frame flow would): overwritten in place, it becomes the new ones.
         pts, status, _err = cv2.calcOpticalFlowPyrLK(
-            self._prev,
+            self._anchor,
             grey,
+            self._start_pts,
             self._pts,
-            np.empty_like(self._pts),  # output only (no initial-flow flag)
             winSize=_LK_WINDOW_PX,
             maxLevel=_LK_LEVELS,
             criteria=_LK_CRITERIA,
+            flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
         )
-        self._prev = grey
         self._pts = pts
         # Plain Python from here: on ~20 points each numpy call costs more than the arithmetic.
         alive = self._alive
