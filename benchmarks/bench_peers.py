@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         print("| --- | --- | --- | --- | --- |")
         for system in systems:
             fps = best[system.name]
-            ratio = f"{fps / ceiling:.2f}" if fps is not None and ceiling else "—"
+            ratio = _shown(fps / ceiling if fps is not None and ceiling else None)
             paired = paired_ratio(runs[system.name], runs[ceiling_name])
             shown = f"{fps:.0f}" if fps is not None else "failed"
             print(f"| {system.name} | {system.cores} | {shown} | {ratio} | {_shown(paired)} |", flush=True)

@@ -96,7 +96,7 @@ class FaceTracker:
             return None
         grey = self._grey(pixels)
         # From the landmark frame, starting at the last positions (so the window only has to cover one
-        # frame's motion, as frame-to-frame flow would): overwritten in place, it becomes the new ones.
+        # frame's motion, as frame-to-frame flow would); what it finds is where the next frame starts.
         pts, status, _err = cv2.calcOpticalFlowPyrLK(
             self._anchor,
             grey,

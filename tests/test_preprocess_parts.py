@@ -137,10 +137,15 @@ def test_tracker_shrinks_the_face_area_by_a_whole_factor(face_width_px):
     assert tracker.update(planes) == (0.0, 0.0)  # the same frame again: no motion
 
 
+def _textured_face(rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+    """Blurred noise spanning low..high (float32, 1280x720): texture that LK can lock on to."""
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (720, 1280)).astype(np.float32), (0, 0), 4.0)
+    return cv2.normalize(texture, None, low, high, cv2.NORM_MINMAX)
+
+
 def test_tracker_follows_a_known_shift_of_a_textured_face_area():
     rng = np.random.default_rng(7)
-    texture = cv2.GaussianBlur(rng.integers(0, 256, (720, 1280)).astype(np.float32), (0, 0), 4.0)
-    texture = cv2.normalize(texture, None, 16, 235, cv2.NORM_MINMAX).astype(np.uint8)
+    texture = _textured_face(rng, 16, 235).astype(np.uint8)
     chroma = np.full((360, 640), 128, np.uint8)
     points = (np.array([560.0, 260.0]) + rng.uniform(0, 150, (20, 2))).astype(np.float32)
     tracker = FaceTracker()
@@ -151,11 +156,6 @@ def test_tracker_follows_a_known_shift_of_a_textured_face_area():
         shift = tracker.update(I420Planes(moved, chroma, chroma))
         assert shift is not None
         assert shift == pytest.approx((2.0 * step, 2.0 * step), abs=0.25)
-
-
-def _textured_face(rng: np.random.Generator) -> np.ndarray:
-    texture = cv2.GaussianBlur(rng.integers(0, 256, (720, 1280)).astype(np.float32), (0, 0), 4.0)
-    return cv2.normalize(texture, None, 40, 215, cv2.NORM_MINMAX)
 
 
 def _moved(texture: np.ndarray, rng: np.random.Generator, dx: float, dy: float) -> I420Planes:
@@ -171,7 +171,7 @@ def test_tracker_does_not_drift_over_two_seconds_of_noisy_frames():
     """Flow from the landmark frame, not chained frame to frame: after 60 noisy frames of wandering the
     shift is as close to the truth as after one (chained flow drifts past 0.1 px here)."""
     rng = np.random.default_rng(11)
-    texture = _textured_face(rng)
+    texture = _textured_face(rng, 40, 215)
     points = (np.array([560.0, 260.0]) + rng.uniform(0, 150, (20, 2))).astype(np.float32)
     tracker = FaceTracker()
     tracker.start(_moved(texture, rng, 0.0, 0.0), points, (560.0, 260.0, 150.0, 150.0))
