@@ -27,6 +27,9 @@ from scipy import signal
 LOW_HZ: Final = 0.75
 HIGH_HZ: Final = 2.5
 METHODS: Final = ("green", "chrom", "pos")
+# Two of CHROM's and POS's 1.6 s windows, and two periods of the slowest pulse in the band: a shorter
+# trace is refused rather than answered (np.convolve's "same" mode would return the kernel's length).
+MIN_DURATION_S: Final = 3.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,11 @@ def pulse(method: str, rgb: np.ndarray, fs_hz: float) -> np.ndarray:
     functions = {"green": green, "chrom": chrom, "pos": pos}
     if method not in functions:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if rgb.shape[0] < MIN_DURATION_S * fs_hz:
+        raise ValueError(
+            f"the trace holds {rgb.shape[0]} samples ({rgb.shape[0] / fs_hz:.2f} s at {fs_hz:.1f} Hz); "
+            f"{method} needs at least {MIN_DURATION_S:g} s"
+        )
     return functions[method](rgb, fs_hz)
 
 

@@ -159,9 +159,14 @@ def _baseline_readings(
     out = []
     for span, ref in zip(spans, refs, strict=True):
         sel = (traces.t_s >= span[0]) & (traces.t_s < span[1])
+        # The textbook trace starts at the first frame its FaceMesh finds a face: it must cover half the
+        # span at 5 fps or better, or its 1.6 s windows may not even fit (a face found in the last second).
+        t_s = traces.t_s[sel]
+        covered_s = float(t_s[-1] - t_s[0]) if t_s.size > 1 else 0.0
+        too_little = t_s.size < 0.5 * (span[1] - span[0]) * 5 or covered_s < 0.5 * (span[1] - span[0])
         for method in baselines.METHODS:
             name = f"textbook-{method}"
-            if sel.sum() < 0.5 * (span[1] - span[0]) * 5:  # no face, or next to no frames
+            if too_little:
                 out.append(
                     Reading(recording.name, window_s, *span, name, float("nan"), ref, note="no face found")
                 )

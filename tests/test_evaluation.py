@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from capture.synthetic import render_preset
-from evaluation import DatasetError, detect_layout, evaluate_recording, load
+from evaluation import DatasetError, Recording, Reference, detect_layout, evaluate_recording, load
 from evaluation.metrics import parse_windows, reference_hr_bpm, snr_at_db, summarize, window_spans
 
 UBFC_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "ubfc-dev"
@@ -203,6 +203,27 @@ def _run_evaluate(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+def test_a_textbook_face_found_only_at_the_end_of_a_span_is_no_face_not_a_crash() -> None:
+    """A render whose textbook FaceMesh found the face in the last 25 frames failed the whole recording
+    (CHROM's 1.6 s kernel is longer than the trace): it must read "no face found" for that span, and the
+    span where the trace is whole must still be read."""
+    from benchmarks.baselines import Traces, estimate_hr_bpm
+    from evaluation.runner import _baseline_readings
+
+    fs_hz, hr_bpm = 30.0, 72.0
+    t_s = np.arange(9.2, 20.0, 1 / fs_hz)  # the face first found at 9.2 s
+    pulse = 0.5 * np.sin(2 * np.pi * hr_bpm / 60 * t_s)
+    rgb = np.stack([150 + 0.3 * pulse, 110 + pulse, 90 + 0.2 * pulse], axis=1)
+    traces = Traces(t_s=t_s, rgb=rgb, face_found=np.ones(t_s.size, bool))
+    recording = Recording("late-face", Reference(t_s=None, ppg=None, hr_bpm=None))
+    readings = _baseline_readings(recording, 10.0, [(0.0, 10.0), (10.0, 20.0)], [hr_bpm, hr_bpm], traces)
+    early, late = readings[:3], readings[3:]
+    assert all(r.note == "no face found" and math.isnan(r.hr_bpm) for r in early)
+    assert all(abs(r.hr_bpm - hr_bpm) < 1.0 for r in late), late
+    with pytest.raises(ValueError, match="25 samples"):
+        estimate_hr_bpm("chrom", rgb[-25:], fs_hz)
+
+
 def test_vitalcam_evaluate_on_renders_in_the_ubfc_layout(ubfc_renders: Path, tmp_path: Path) -> None:
     report, table = tmp_path / "eval.html", tmp_path / "eval.csv"
     done = _run_evaluate(
