@@ -67,7 +67,7 @@ class PreprocessConfig:
     # otherwise it halves. Per-frame tracked motion above `redetect_motion_widths` forces a run at once.
     # Set landmark_max_interval_frames=1 for landmarks on every frame (no tracking).
     landmark_min_interval_frames: int = 2
-    landmark_max_interval_frames: int = 16
+    landmark_max_interval_frames: int = 64
     cadence_tolerance_widths: float = 0.02
     redetect_motion_widths: float = 0.03
     reshape_tolerance_widths: float = 0.015  # landmark residual after translation that redraws masks

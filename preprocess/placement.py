@@ -35,7 +35,7 @@ class CadenceConfig:
     """Landmark cadence and position smoothing (the `PreprocessConfig` fields of the same names)."""
 
     landmark_min_interval_frames: int = 2
-    landmark_max_interval_frames: int = 16
+    landmark_max_interval_frames: int = 64
     cadence_tolerance_widths: float = 0.02
     redetect_motion_widths: float = 0.03
     reshape_tolerance_widths: float = 0.015
