@@ -1,6 +1,7 @@
 """Replay throughput against peers: vitalcam, open-rppg and vitallens preprocessing, and the decode ceilings.
 
-Run: `python -m benchmarks.bench_peers [--sizes 480p,720p,1080p] [--repeats 3] [--cache-dir DIR] [--no-peers]`.
+Run: `python -m benchmarks.bench_peers [--sizes 480p,720p,1080p] [--repeats 3] [--cache-dir DIR] [--no-peers]
+[--landmark-max 16,32]`.
 
 Every system reads the same files, each in its own process pinned to one core (`os.sched_setaffinity`),
 best of `--repeats`, all in the same run, so that the ratios hold on whatever else the machine is doing.
@@ -19,6 +20,7 @@ need numpy 2, vitalcam pins numpy 1.26 for mediapipe, so never into ours):
 Ceilings: PyAV decoding with no conversion on one thread (what any replay must at least pay), and the bare
 `cv2.VideoCapture.read()` loop (decode plus BGR conversion). vitalcam runs `process(open_source(path))`,
 pinned to one core and, separately, on two cores (its decode thread and FFmpeg's then get the second).
+`--landmark-max 16` adds vitalcam on one core at another landmark maximum, in the same rounds.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ from preprocess import PreprocessConfig, Preprocessor, process
 Preprocessor().close()  # load the models and the numba cache before the clock starts
 start = time.perf_counter()
 with open_source(sys.argv[1]) as source:
-    config = PreprocessConfig(source="video", min_usable_s=1.0, min_face_share=0.0)
+    config = PreprocessConfig(source="video", min_usable_s=1.0, min_face_share=0.0, **OVERRIDES)
     measurement = process(source, config, prefetch=PREFETCH)
 print(json.dumps({"frames": measurement.n_frames, "seconds": time.perf_counter() - start}))
 """
@@ -200,6 +202,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--ubfc", type=Path, default=UBFC_DEV, help="real videos (skipped when absent)")
     parser.add_argument("--no-peers", action="store_true", help="only vitalcam and the decode ceilings")
+    parser.add_argument(
+        "--landmark-max",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[],
+        help="also time vitalcam on one core at these landmark maxima (e.g. 16,32) beside the default",
+    )
     args = parser.parse_args(argv)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -225,17 +233,14 @@ def main(argv: list[str] | None = None) -> None:
             )
         else:
             print("vitallens: skipped (it reads videos with an ffmpeg child; apt-get install ffmpeg)")
-    systems.append(System(_VITALCAM_ONE_CORE, _VITALCAM.replace("PREFETCH", "True"), _ours))
+    systems.append(System(_VITALCAM_ONE_CORE, _vitalcam("True"), _ours))
+    for maximum in args.landmark_max:
+        overrides = {"landmark_max_interval_frames": maximum}
+        name = f"vitalcam, landmarks at most every {maximum} frames"
+        systems.append(System(name, _vitalcam("True", overrides), _ours))
     two_core = [
-        System(
-            "vitalcam, decoding in a thread (default)", _VITALCAM.replace("PREFETCH", "True"), _ours, cores=2
-        ),
-        System(
-            "vitalcam, decoding in a child process",
-            _VITALCAM.replace("PREFETCH", '"process"'),
-            _ours,
-            cores=2,
-        ),
+        System("vitalcam, decoding in a thread (default)", _vitalcam("True"), _ours, cores=2),
+        System("vitalcam, decoding in a child process", _vitalcam('"process"'), _ours, cores=2),
     ]
     if len(os.sched_getaffinity(0)) >= 2:
         systems.extend(two_core)
@@ -267,6 +272,11 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"\nvitalcam / open-rppg on one core: {ours / peer:.2f}x best, {_shown(paired)}x same round"
             )
+
+
+def _vitalcam(prefetch: str, overrides: dict[str, int] | None = None) -> str:
+    """The vitalcam child script with its prefetch mode and any PreprocessConfig overrides filled in."""
+    return _VITALCAM.replace("PREFETCH", prefetch).replace("OVERRIDES", repr(overrides or {}))
 
 
 def _shown(ratio: float | None) -> str:
