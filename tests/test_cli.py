@@ -232,6 +232,12 @@ def test_exit_code_server_failure_keeps_tensor_in_outbox_then_retry(
     assert not list(outbox.glob("*.tensor"))
 
 
+def _ctrl_c_reaches_the_child() -> None:
+    """A shell starts background jobs (`.ci/run &`, nohup) with SIGINT ignored and children inherit it,
+    so Python would never raise KeyboardInterrupt: give the child what a terminal user's vitalcam has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_capture_exits_130_and_writes_nothing(face_video, env, tmp_path) -> None:
     path, _ = face_video
     report = tmp_path / "never.html"
@@ -252,6 +258,7 @@ def test_ctrl_c_during_capture_exits_130_and_writes_nothing(face_video, env, tmp
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_ctrl_c_reaches_the_child,
     )
     assert proc.stdout is not None
     seen = []
@@ -432,6 +439,7 @@ def test_ctrl_c_during_the_upload_keeps_the_measurement(face_video, env, tmp_pat
         [VITALCAM, "measure", "--video", str(path), "--payload", "traces", "--api-url", proxy.url,
          "--api-key", server.api_key, "--outbox", str(outbox)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_ctrl_c_reaches_the_child,
     )  # fmt: skip
     assert proc.stderr is not None
     seen = []
