@@ -202,7 +202,6 @@ def _run_evaluate(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.slow
 def test_a_textbook_face_found_only_at_the_end_of_a_span_is_no_face_not_a_crash() -> None:
     """A render whose textbook FaceMesh found the face in the last 25 frames failed the whole recording
     (CHROM's 1.6 s kernel is longer than the trace): it must read "no face found" for that span, and the
@@ -224,6 +223,7 @@ def test_a_textbook_face_found_only_at_the_end_of_a_span_is_no_face_not_a_crash(
         estimate_hr_bpm("chrom", rgb[-25:], fs_hz)
 
 
+@pytest.mark.slow
 def test_vitalcam_evaluate_on_renders_in_the_ubfc_layout(ubfc_renders: Path, tmp_path: Path) -> None:
     report, table = tmp_path / "eval.html", tmp_path / "eval.csv"
     done = _run_evaluate(
