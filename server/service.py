@@ -50,6 +50,8 @@ S = SessionStatus
 # Sent with every refusal that leaves a request body unread, so uvicorn closes the connection instead of
 # reading (and discarding) the rest of a body nobody wants.
 CLOSE = {"Connection": "close"}
+# How often a claim the session store could not release is tried again (see `_abandon_upload_soon`).
+RELEASE_RETRY_S = 1.0
 NOT_UPLOADED = "No tensor has been uploaded for this session; PUT it to upload_url first"
 
 
@@ -80,6 +82,9 @@ class SessionService:
         self.runner = runner
         self.single_process = single_process
         self.inflight: dict[str, asyncio.Future[Outcome]] = {}
+        # Claims of failed PUTs that could not be released because the session store was down; each task
+        # retries until the store answers, so the client's repeated PUT (409 meanwhile) gets through.
+        self._releases: set[asyncio.Task[None]] = set()
 
     # ---- state machine ------------------------------------------------------------------------------
 
@@ -184,10 +189,11 @@ class SessionService:
                     writer.write(chunk)
                 writer.commit()
             await run_in_threadpool(self._validate_stored, session_id)
+            recorded = await run_in_threadpool(self.sessions.finish_upload, session_id, time.time(), n_bytes)
         except BaseException:
-            await asyncio.shield(run_in_threadpool(self._abandon_upload, session_id))
+            await asyncio.shield(self._abandon_upload_soon(session_id, signed_expiry))
             raise
-        if not await run_in_threadpool(self.sessions.finish_upload, session_id, time.time(), n_bytes):
+        if not recorded:
             await run_in_threadpool(self.blobs.delete, session_id)
             raise ApiError.of(codes.FORBIDDEN, "Upload URL has expired")
         return n_bytes
@@ -212,6 +218,31 @@ class SessionService:
         self.blobs.delete(session_id)
         self.sessions.clear_upload(session_id)
         self.move(session_id, S.UPLOADING, S.CREATED)
+
+    async def _abandon_upload_soon(self, session_id: str, until_s: float) -> None:
+        """Release a failed PUT's claim now or, if the session store is down, as soon as it is back.
+
+        A claim left in place would answer every repeated PUT with 409 until the session expired: the
+        store going down mid-upload must cost the client a retry, not the session.
+        """
+        try:
+            await run_in_threadpool(self._abandon_upload, session_id)
+        except StoreUnavailable:
+            log.warning("session store unreachable; releasing the upload claim on %s later", session_id)
+            task = asyncio.create_task(self._release_when_reachable(session_id, until_s))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _release_when_reachable(self, session_id: str, until_s: float) -> None:
+        while time.time() < until_s:  # after that the sweeper expires the session anyway
+            await asyncio.sleep(RELEASE_RETRY_S)
+            try:
+                await run_in_threadpool(self._abandon_upload, session_id)
+            except StoreUnavailable:
+                continue
+            except Exception:
+                log.exception("releasing the upload claim on %s failed", session_id)
+            return
 
     # ---- completion ---------------------------------------------------------------------------------
 
@@ -272,21 +303,21 @@ class SessionService:
     def _accept_direct_upload(self, session_id: str) -> None:
         """The client PUT straight to the object store: validate the tensor now, as a PUT here would.
 
-        created → uploading (claimed, so a concurrent call cannot validate twice) → recorded; a missing or
-        bad tensor (deleted, so the URL can be used again) or an unreachable store puts it back to created.
+        The session goes created → uploading with the upload recorded in one statement, after validation:
+        a claim and a record made separately left the session half-claimed (uploading, nothing recorded,
+        refused for good) when the session store dropped between them. Concurrent calls may both
+        validate; one records, and the uploading → processing claim decides who runs it. A missing or bad
+        tensor is deleted, so the same URL can be used again.
         """
-        if not self.move(session_id, S.CREATED, S.UPLOADING, require_upload=False):
-            return  # another request claimed it; the uploading → processing claim decides who runs it
         try:
             n_bytes = self._validate_stored(session_id)
         except ApiError:
-            self.blobs.delete(session_id)  # a refused tensor goes, so the same URL can be used again
-            self.move(session_id, S.UPLOADING, S.CREATED)
+            self.blobs.delete(session_id)
             raise
-        except Exception as exc:  # the store is unreachable: nothing changed, the client may repeat
-            self.move(session_id, S.UPLOADING, S.CREATED)
+        except Exception as exc:  # the object store is unreachable: nothing changed, the client may repeat
             raise StoreUnavailable(str(exc)) from exc
-        self.sessions.finish_upload(session_id, time.time(), n_bytes)
+        check_transition(S.CREATED, S.UPLOADING)
+        self.sessions.record_direct_upload(session_id, time.time(), n_bytes)
 
     async def _infer(self, session: SessionRow) -> Outcome:
         try:
@@ -378,6 +409,9 @@ class SessionService:
             await asyncio.sleep(self.config.sweep_interval_s)
 
     async def close(self) -> None:
+        for task in list(self._releases):
+            task.cancel()
+        await asyncio.gather(*self._releases, return_exceptions=True)
         await self.runner.close()
         self.blobs.close()
         self.sessions.close()
@@ -409,6 +443,8 @@ def upload_refusal(session: SessionRow | None) -> ApiError:
         return ApiError.of(
             codes.UPLOAD_IN_PROGRESS, "Another upload to this session is in progress", headers=CLOSE
         )
+    if session.status == S.CREATED:  # another PUT's claim was released between our claim and this read
+        return ApiError.of(codes.UPLOAD_IN_PROGRESS, "Session is changing state; retry", headers=CLOSE)
     if session.status == S.EXPIRED:
         return ApiError.of(codes.FORBIDDEN, "Upload URL has expired", headers=CLOSE)
     return ApiError.of(codes.FORBIDDEN, "Upload URL has already been used", headers=CLOSE)

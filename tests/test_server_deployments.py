@@ -33,7 +33,7 @@ from contract.vitals import DEFAULT_FALLBACK_CONFIG
 from server import start_embedded
 from server.processing import process_upload
 from server.stores.base import NewSession
-from tests import fault_worker
+from tests import fault_worker, services
 from tests.deployments import JOB_TIMEOUT_S, QUOTA, RATE_LIMIT, Deployment, ScaledDeployment, deployment
 from tests.tensors import make_payload
 
@@ -466,13 +466,17 @@ def test_postgres_restarting_mid_run_gives_answers_or_retryable_errors_then_serv
 
     stop = threading.Event()
     results: list[tuple[int, dict[str, Any]]] = []
+    failures: list[BaseException] = []
 
     def clients() -> None:
-        with ThreadPoolExecutor(3) as pool:
-            i = 0
-            while not stop.is_set():
-                results.extend(pool.map(one, range(i, i + 3)))
-                i += 3
+        try:
+            with ThreadPoolExecutor(3) as pool:
+                i = 0
+                while not stop.is_set():
+                    results.extend(pool.map(one, range(i, i + 3)))
+                    i += 3
+        except BaseException as exc:  # raised again below: a thread's failure must fail the test
+            failures.append(exc)
 
     runner = threading.Thread(target=clients)
     runner.start()
@@ -487,6 +491,8 @@ def test_postgres_restarting_mid_run_gives_answers_or_retryable_errors_then_serv
         stop.set()
         runner.join(150)
     assert not runner.is_alive()
+    if failures:
+        raise failures[0]
     assert results, "no session finished"
     for age, body in results:
         assert body["status"] == "completed" and body["vitals"] == expected_vitals({"age": age}), body
@@ -495,6 +501,59 @@ def test_postgres_restarting_mid_run_gives_answers_or_retryable_errors_then_serv
     session = client.uploaded({"demographics": {"age": 33}})
     done = client.complete(session["session_id"])
     assert done.status_code == 200 and done.json()["vitals"] == expected_vitals({"age": 33})
+
+
+def test_postgres_crashing_mid_put_costs_a_retry_not_the_session(tmp_path: Path) -> None:
+    """PUTs through the API on PostgreSQL: the session store crashes while a body streams in, after the PUT
+    claimed the session. That PUT is a retryable 503; once PostgreSQL is back the claim is released, so
+    a repeated PUT gets through (409 meanwhile at most) and upload-complete answers. The claim used to
+    stay, and every later PUT was 409 until the session expired."""
+    with services.postgres() as pg, start_embedded(data_dir=tmp_path, database_url=pg.url) as srv:
+        headers = {"X-API-Key": srv.api_key}
+        started = httpx.post(f"{srv.base_url}/sdk/session/start", headers=headers, timeout=60).json()
+        sid, url = started["session_id"], started["upload_url"]
+        half = len(PAYLOAD) // 2
+        go_on = threading.Event()
+
+        def body() -> Iterator[bytes]:
+            yield PAYLOAD[:half]
+            go_on.wait(30)
+            yield PAYLOAD[half:]
+
+        answers: list[httpx.Response] = []
+        put = threading.Thread(target=lambda: answers.append(httpx.put(url, content=body(), timeout=60)))
+        put.start()
+        deadline_s = time.time() + 30
+        while time.time() < deadline_s:  # the PUT has claimed the session once the result says so
+            result = httpx.get(f"{srv.base_url}/sdk/session/result/{sid}", headers=headers, timeout=60)
+            if result.json()["status"] == "uploading":
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the PUT never claimed the session")
+        pg.stop("immediate")
+        go_on.set()
+        put.join(60)
+        assert answers, "the interrupted PUT got no answer"
+        assert_error(answers[0], 503, "SERVICE_UNAVAILABLE")
+        pg.start()
+        seen: list[str] = []
+        for _ in range(60):
+            again = httpx.put(url, content=PAYLOAD, timeout=60)
+            if again.status_code == 200:
+                break
+            seen.append(again.json()["error"])
+            assert again.json()["retryable"] is True, again.text
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"PUT still refused half a minute after PostgreSQL came back: {seen}")
+        done = httpx.post(
+            f"{srv.base_url}/sdk/session/upload-complete",
+            json={"session_id": sid},
+            headers=headers,
+            timeout=60,
+        )
+        assert done.status_code == 200 and done.json()["vitals"] == expected_vitals(), done.text
 
 
 def test_s3_unavailable_at_upload_complete_is_a_retryable_503_and_nothing_is_lost(

@@ -122,6 +122,23 @@ def test_transitions_are_compare_and_set(sessions: SessionStore) -> None:
     assert sessions.get_session(sid) is None
 
 
+def test_a_direct_upload_is_claimed_and_recorded_in_one_step(sessions: SessionStore) -> None:
+    """A store dropping between a claim and its record must not leave the session half-claimed."""
+    key = sessions.create_key("acme")
+    new = new_session(sessions, key)
+    sessions.start_session(new, quota=10)
+    sid = new.session_id
+    assert sessions.record_direct_upload(sid, time.time(), 77)
+    row = sessions.get_session(sid)
+    assert row is not None and row.status == S.UPLOADING and row.uploaded_at is not None
+    assert row.upload_bytes == 77
+    assert not sessions.record_direct_upload(sid, time.time(), 78)  # recorded once: a second call is refused
+    assert sessions.transition(sid, S.UPLOADING, S.PROCESSING, require_upload=True)
+    assert not sessions.record_direct_upload(sid, time.time(), 79)
+    row = sessions.get_session(sid)
+    assert row is not None and row.status == S.PROCESSING and row.upload_bytes == 77
+
+
 def test_sweep_expires_and_drops_results(sessions: SessionStore) -> None:
     key = sessions.create_key("acme")
     old = new_session(sessions, key, now_s=time.time() - 100, ttl_s=10)

@@ -145,6 +145,10 @@ class SessionStore(Protocol):
         """Record a stored upload on an `uploading` session; False if it is no longer uploading."""
         ...
 
+    def record_direct_upload(self, session_id: str, now_s: float, n_bytes: int) -> bool:
+        """created → uploading with the upload recorded, in one statement; False if not `created`."""
+        ...
+
     def clear_upload(self, session_id: str) -> None:
         """Forget a recorded upload (the tensor was refused): the session can be uploaded again."""
         ...

@@ -330,6 +330,17 @@ class PostgresSessionStore:
                 == 1
             )
 
+    def record_direct_upload(self, session_id: str, now_s: float, n_bytes: int) -> bool:
+        with self._conn() as conn:
+            return (
+                conn.execute(
+                    "UPDATE sessions SET status = 'uploading', uploaded_at = %s, upload_bytes = %s "
+                    "WHERE id = %s AND status = 'created' AND uploaded_at IS NULL",
+                    (now_s, n_bytes, session_id),
+                ).rowcount
+                == 1
+            )
+
     def clear_upload(self, session_id: str) -> None:
         with self._conn() as conn:
             conn.execute(

@@ -308,6 +308,17 @@ class SqliteSessionStore:
                 == 1
             )
 
+    def record_direct_upload(self, session_id: str, now_s: float, n_bytes: int) -> bool:
+        with self._tx() as conn:
+            return (
+                conn.execute(
+                    "UPDATE sessions SET status = 'uploading', uploaded_at = ?, upload_bytes = ? "
+                    "WHERE id = ? AND status = 'created' AND uploaded_at IS NULL",
+                    (now_s, n_bytes, session_id),
+                ).rowcount
+                == 1
+            )
+
     def clear_upload(self, session_id: str) -> None:
         with self._tx() as conn:
             conn.execute(
