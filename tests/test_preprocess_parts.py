@@ -4,6 +4,8 @@ the tracker's whole-factor shrink, and a landmark backend that brings its own re
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -251,6 +253,30 @@ def test_yuv_frames_and_bgr_frames_give_the_same_traces():
             pre.push(frame_of(i))
         results.append(pre.finish().rgb)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_warm_up_leaves_nothing_for_the_kernel_to_compile_during_a_measurement():
+    """Checked in a fresh process (this one has compiled whatever other tests needed): after warm_up,
+    region sums over I420 and BGR frames, masks at odd and even offsets, add no kernel signature."""
+    script = """
+import numpy as np
+from capture.yuv import I420Planes
+from preprocess import extract
+from preprocess.pixels import BgrPixels
+extract.warm_up()
+before = len(extract.region_sums.signatures)
+rng = np.random.default_rng(0)
+planes = I420Planes(*(rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((48, 64), (24, 32), (24, 32))))
+labels = np.ones((9, 11), np.uint8)
+for pixels in (planes, BgrPixels(planes.to_bgr())):
+    for x0, y0 in ((4, 6), (5, 7), (-3, 2), (60, 40)):
+        extract.region_sums_in(pixels, labels, x0, y0, 17, 200, 1)
+print(before, len(extract.region_sums.signatures))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    assert out[0] == out[1], f"warm_up compiled {out[0]} signatures, the frames needed {out[1]}"
 
 
 @pytest.mark.parametrize("factor", range(1, 7))
