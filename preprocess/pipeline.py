@@ -43,6 +43,9 @@ from preprocess.timing import StageTimer
 RegionMode = Literal["face", "full-frame"]
 ProgressCallback = Callable[[str, float], None]
 STAGES: Final = ("landmarks", "tracking", "masks", "extraction", "patch", "quality")
+# The cadence's defaults live in `CadenceConfig`; PreprocessConfig repeats its fields (flat, for callers).
+_CADENCE: Final = CadenceConfig()
+_CADENCE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(CadenceConfig))
 # The region the live pulse preview reads: the whole face (else the first region: the frame in full-frame
 # mode, or whatever a custom backend's region set lists first).
 PREVIEW_REGION: Final = "face"
@@ -66,18 +69,19 @@ class PreprocessConfig:
     # run that tracking predicted within `cadence_tolerance_widths` face widths the interval doubles,
     # otherwise it halves. Per-frame tracked motion above `redetect_motion_widths` forces a run at once.
     # Set landmark_max_interval_frames=1 for landmarks on every frame (no tracking).
-    landmark_min_interval_frames: int = 2
-    landmark_max_interval_frames: int = 64
-    cadence_tolerance_widths: float = 0.02
-    redetect_motion_widths: float = 0.03
-    reshape_tolerance_widths: float = 0.015  # landmark residual after translation that redraws masks
+    landmark_min_interval_frames: int = _CADENCE.landmark_min_interval_frames
+    landmark_max_interval_frames: int = _CADENCE.landmark_max_interval_frames
+    cadence_tolerance_widths: float = _CADENCE.cadence_tolerance_widths
+    redetect_motion_widths: float = _CADENCE.redetect_motion_widths
+    # Landmark residual after translation that redraws masks.
+    reshape_tolerance_widths: float = _CADENCE.reshape_tolerance_widths
     # One Euro filter on the face translation that places the masks (see `preprocess.smoothing`): the
     # cut-off is `position_min_cutoff_hz` at rest, below the pulse band so landmark jitter stays out of
     # it, and rises by `position_beta_hz_per_width_s` per face width per second of head speed so real
     # motion is followed without lag. A landmark reading further than `redetect_motion_widths` from where
     # the face was expected restarts the filter there. position_min_cutoff_hz=inf turns smoothing off.
-    position_min_cutoff_hz: float = 0.5
-    position_beta_hz_per_width_s: float = 20.0
+    position_min_cutoff_hz: float = _CADENCE.position_min_cutoff_hz
+    position_beta_hz_per_width_s: float = _CADENCE.position_beta_hz_per_width_s
     patch_scale: float = 1.2  # patch side / larger face box side, before snapping to a multiple of 72 px
     min_face_share: float = 0.7  # of frames, else QualityTooLow(NO_FACE)
     min_usable_s: float = 15.0  # seconds of frames with skin pixels, else QualityTooLow(TOO_SHORT)
@@ -90,15 +94,7 @@ class PreprocessConfig:
 
     def cadence(self) -> CadenceConfig:
         """The landmark cadence and smoothing settings, for `FacePlacement`."""
-        return CadenceConfig(
-            landmark_min_interval_frames=self.landmark_min_interval_frames,
-            landmark_max_interval_frames=self.landmark_max_interval_frames,
-            cadence_tolerance_widths=self.cadence_tolerance_widths,
-            redetect_motion_widths=self.redetect_motion_widths,
-            reshape_tolerance_widths=self.reshape_tolerance_widths,
-            position_min_cutoff_hz=self.position_min_cutoff_hz,
-            position_beta_hz_per_width_s=self.position_beta_hz_per_width_s,
-        )
+        return CadenceConfig(**{name: getattr(self, name) for name in _CADENCE_FIELDS})
 
 
 @dataclass(frozen=True, slots=True)
