@@ -85,6 +85,10 @@ class SessionService:
         # Claims of failed PUTs that could not be released because the session store was down; each task
         # retries until the store answers, so the client's repeated PUT (409 meanwhile) gets through.
         self._releases: set[asyncio.Task[None]] = set()
+        # Outcomes computed here whose session row could not be settled (the session store was down):
+        # kept in memory, never on disk, until the client's repeated upload-complete settles and gets
+        # them, or the session expires. A queue worker stores its outcome in the row instead.
+        self._undelivered: dict[str, tuple[Outcome, float]] = {}
 
     # ---- state machine ------------------------------------------------------------------------------
 
@@ -257,6 +261,11 @@ class SessionService:
     async def complete(self, caller: Caller, session_id: str) -> dict[str, Any]:
         """Run inference once per session; concurrent or repeated calls get that same answer."""
         session = await run_in_threadpool(self.owned_session, caller, session_id)
+        kept = self._undelivered.get(session.id)
+        if kept is not None:
+            await asyncio.shield(run_in_threadpool(self._finish, session.id, kept[0]))
+            self._undelivered.pop(session.id, None)
+            return kept[0].body
         running = self.inflight.get(session.id)
         if running is not None:
             return (await asyncio.shield(running)).body
@@ -290,7 +299,7 @@ class SessionService:
                 outcome = await self._settled_outcome(session.id)
             else:
                 outcome = await self._infer(session)
-                await asyncio.shield(run_in_threadpool(self._finish, session.id, outcome))
+                await asyncio.shield(self._finish_or_keep(session, outcome))
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: nobody may be waiting
@@ -299,6 +308,20 @@ class SessionService:
         future.set_result(outcome)
         self.inflight.pop(session.id, None)
         return outcome
+
+    async def _finish_or_keep(self, session: SessionRow, outcome: Outcome) -> None:
+        """Settle the session; if the store is down, keep the outcome for the client's retry (a 503 now).
+
+        Without this an in-process outcome was lost with the outage: the row stayed `processing`, and
+        every repeated upload-complete was a 409 until the sweeper expired the session.
+        """
+        try:
+            await run_in_threadpool(self._finish, session.id, outcome)
+        except StoreUnavailable:
+            if not self.runner.stores_outcome:
+                log.warning("session store unreachable; keeping the outcome of %s for a retry", session.id)
+                self._undelivered[session.id] = (outcome, float(session.expires_at))
+            raise
 
     def _accept_direct_upload(self, session_id: str) -> None:
         """The client PUT straight to the object store: validate the tensor now, as a PUT here would.
@@ -393,7 +416,11 @@ class SessionService:
             self.blobs.discard_partials()
 
     def sweep(self) -> int:
-        expired = self.sessions.sweep(time.time(), self.config.expired_retention_s)
+        now_s = time.time()
+        for session_id, (_, expires_at) in list(self._undelivered.items()):
+            if now_s >= expires_at:  # nobody came back for it: it goes with the session
+                self._undelivered.pop(session_id, None)
+        expired = self.sessions.sweep(now_s, self.config.expired_retention_s)
         for session_id in expired:
             self.blobs.delete(session_id)
         return len(expired)

@@ -31,7 +31,7 @@ import pytest
 from contract.errors import ERROR_CODES
 from contract.vitals import DEFAULT_FALLBACK_CONFIG
 from server import start_embedded
-from server.processing import process_upload
+from server.processing import default_infer, process_upload
 from server.stores.base import NewSession
 from tests import fault_worker, services
 from tests.deployments import JOB_TIMEOUT_S, QUOTA, RATE_LIMIT, Deployment, ScaledDeployment, deployment
@@ -554,6 +554,54 @@ def test_postgres_crashing_mid_put_costs_a_retry_not_the_session(tmp_path: Path)
             timeout=60,
         )
         assert done.status_code == 200 and done.json()["vitals"] == expected_vitals(), done.text
+
+
+def test_postgres_crashing_during_inference_keeps_the_vitals_for_the_retry(tmp_path: Path) -> None:
+    """In-process inference on PostgreSQL: the database crashes while the engine runs, so the session
+    cannot be settled. upload-complete is a retryable 503, and once PostgreSQL is back the repeated call
+    gets the vitals computed before the crash; with PERSIST_VITALS=false the row then goes. The outcome
+    used to be lost, and every retry was a 409 until the session expired."""
+    started, go_on = threading.Event(), threading.Event()
+
+    def gated(measurement: Any, demographics: Any) -> Any:
+        started.set()
+        go_on.wait(30)
+        return default_infer(measurement, demographics)
+
+    with (
+        services.postgres() as pg,
+        start_embedded(data_dir=tmp_path, database_url=pg.url, infer=gated) as srv,
+    ):
+        headers = {"X-API-Key": srv.api_key}
+        begun = httpx.post(f"{srv.base_url}/sdk/session/start", headers=headers, timeout=60).json()
+        sid = begun["session_id"]
+        assert httpx.put(begun["upload_url"], content=PAYLOAD, timeout=60).status_code == 200
+
+        def complete() -> httpx.Response:
+            url = f"{srv.base_url}/sdk/session/upload-complete"
+            return httpx.post(url, json={"session_id": sid}, headers=headers, timeout=60)
+
+        answers: list[httpx.Response] = []
+        waiting = threading.Thread(target=lambda: answers.append(complete()))
+        waiting.start()
+        assert started.wait(30), "inference never started"
+        pg.stop("immediate")
+        go_on.set()
+        waiting.join(60)
+        assert answers, "upload-complete got no answer"
+        assert_error(answers[0], 503, "SERVICE_UNAVAILABLE")
+        pg.start()
+        for _ in range(60):
+            again = complete()
+            if again.status_code == 200:
+                break
+            assert again.json()["retryable"] is True, again.text
+            time.sleep(0.5)
+        assert again.status_code == 200, again.text
+        assert again.json()["vitals"] == expected_vitals()
+        assert pg.psql(f"SELECT count(*) FROM sessions WHERE id = '{sid}'").strip() == "0"
+        gone = httpx.get(f"{srv.base_url}/sdk/session/result/{sid}", headers=headers, timeout=60)
+        assert gone.status_code == 404, gone.text
 
 
 def test_s3_unavailable_at_upload_complete_is_a_retryable_503_and_nothing_is_lost(
