@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from contract.errors import ERROR_CODES
 from contract.vitals import DEFAULT_FALLBACK_CONFIG
 from server import start_embedded
 from server.processing import default_infer, process_upload
+from server.runner import EmbeddedServer
 from server.stores.base import NewSession
 from tests import fault_worker, services
 from tests.deployments import JOB_TIMEOUT_S, QUOTA, RATE_LIMIT, Deployment, ScaledDeployment, deployment
@@ -80,7 +81,7 @@ def dep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 class Client:
     """The three calls of a session and the result poll, each on a fresh connection."""
 
-    def __init__(self, dep: Deployment, api_key: str | None = None) -> None:
+    def __init__(self, dep: Deployment | EmbeddedServer, api_key: str | None = None) -> None:
         self.base_url = dep.base_url
         self.headers = {"X-API-Key": api_key or dep.api_key}
 
@@ -503,56 +504,65 @@ def test_postgres_restarting_mid_run_gives_answers_or_retryable_errors_then_serv
     assert done.status_code == 200 and done.json()["vitals"] == expected_vitals({"age": 33})
 
 
+def crash_postgres_under(
+    pg: services.Postgres,
+    call: Callable[[], httpx.Response],
+    holding: Callable[[], None],
+    go_on: threading.Event,
+) -> None:
+    """Run `call` in a thread; once `holding()` returns (the request is where the crash must hit it),
+    crash PostgreSQL, let the request go on, and require its answer to be the retryable 503. Then
+    start PostgreSQL again."""
+    answers: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(call()))
+    thread.start()
+    holding()
+    pg.stop("immediate")
+    go_on.set()
+    thread.join(60)
+    assert answers, "the interrupted request got no answer"
+    assert_error(answers[0], 503, "SERVICE_UNAVAILABLE")
+    pg.start()
+
+
+def until_ok(call: Callable[[], httpx.Response]) -> httpx.Response:
+    """Repeat `call` (retryable errors only) until it succeeds, for at most half a minute."""
+    seen: list[str] = []
+    for _ in range(60):
+        response = call()
+        if response.status_code == 200:
+            return response
+        seen.append(response.json()["error"])
+        assert response.json()["retryable"] is True, response.text
+        time.sleep(0.5)
+    raise AssertionError(f"still refused half a minute after PostgreSQL came back: {seen}")
+
+
 def test_postgres_crashing_mid_put_costs_a_retry_not_the_session(tmp_path: Path) -> None:
     """PUTs through the API on PostgreSQL: the session store crashes while a body streams in, after the PUT
     claimed the session. That PUT is a retryable 503; once PostgreSQL is back the claim is released, so
     a repeated PUT gets through (409 meanwhile at most) and upload-complete answers. The claim used to
     stay, and every later PUT was 409 until the session expired."""
     with services.postgres() as pg, start_embedded(data_dir=tmp_path, database_url=pg.url) as srv:
-        headers = {"X-API-Key": srv.api_key}
-        started = httpx.post(f"{srv.base_url}/sdk/session/start", headers=headers, timeout=60).json()
+        client = Client(srv)
+        started = client.start().json()
         sid, url = started["session_id"], started["upload_url"]
-        half = len(PAYLOAD) // 2
         go_on = threading.Event()
 
         def body() -> Iterator[bytes]:
-            yield PAYLOAD[:half]
+            yield PAYLOAD[: len(PAYLOAD) // 2]
             go_on.wait(30)
-            yield PAYLOAD[half:]
+            yield PAYLOAD[len(PAYLOAD) // 2 :]
 
-        answers: list[httpx.Response] = []
-        put = threading.Thread(target=lambda: answers.append(httpx.put(url, content=body(), timeout=60)))
-        put.start()
-        deadline_s = time.time() + 30
-        while time.time() < deadline_s:  # the PUT has claimed the session once the result says so
-            result = httpx.get(f"{srv.base_url}/sdk/session/result/{sid}", headers=headers, timeout=60)
-            if result.json()["status"] == "uploading":
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the PUT never claimed the session")
-        pg.stop("immediate")
-        go_on.set()
-        put.join(60)
-        assert answers, "the interrupted PUT got no answer"
-        assert_error(answers[0], 503, "SERVICE_UNAVAILABLE")
-        pg.start()
-        seen: list[str] = []
-        for _ in range(60):
-            again = httpx.put(url, content=PAYLOAD, timeout=60)
-            if again.status_code == 200:
-                break
-            seen.append(again.json()["error"])
-            assert again.json()["retryable"] is True, again.text
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"PUT still refused half a minute after PostgreSQL came back: {seen}")
-        done = httpx.post(
-            f"{srv.base_url}/sdk/session/upload-complete",
-            json={"session_id": sid},
-            headers=headers,
-            timeout=60,
-        )
+        def claimed() -> None:
+            deadline_s = time.time() + 30
+            while client.result(sid).json()["status"] != "uploading":
+                assert time.time() < deadline_s, "the PUT never claimed the session"
+                time.sleep(0.05)
+
+        crash_postgres_under(pg, lambda: httpx.put(url, content=body(), timeout=60), claimed, go_on)
+        until_ok(lambda: client.put(url))
+        done = client.complete(sid)
         assert done.status_code == 200 and done.json()["vitals"] == expected_vitals(), done.text
 
 
@@ -572,36 +582,16 @@ def test_postgres_crashing_during_inference_keeps_the_vitals_for_the_retry(tmp_p
         services.postgres() as pg,
         start_embedded(data_dir=tmp_path, database_url=pg.url, infer=gated) as srv,
     ):
-        headers = {"X-API-Key": srv.api_key}
-        begun = httpx.post(f"{srv.base_url}/sdk/session/start", headers=headers, timeout=60).json()
-        sid = begun["session_id"]
-        assert httpx.put(begun["upload_url"], content=PAYLOAD, timeout=60).status_code == 200
-
-        def complete() -> httpx.Response:
-            url = f"{srv.base_url}/sdk/session/upload-complete"
-            return httpx.post(url, json={"session_id": sid}, headers=headers, timeout=60)
-
-        answers: list[httpx.Response] = []
-        waiting = threading.Thread(target=lambda: answers.append(complete()))
-        waiting.start()
-        assert started.wait(30), "inference never started"
-        pg.stop("immediate")
-        go_on.set()
-        waiting.join(60)
-        assert answers, "upload-complete got no answer"
-        assert_error(answers[0], 503, "SERVICE_UNAVAILABLE")
-        pg.start()
-        for _ in range(60):
-            again = complete()
-            if again.status_code == 200:
-                break
-            assert again.json()["retryable"] is True, again.text
-            time.sleep(0.5)
-        assert again.status_code == 200, again.text
-        assert again.json()["vitals"] == expected_vitals()
+        client = Client(srv)
+        sid = client.uploaded()["session_id"]
+        crash_postgres_under(pg, lambda: client.complete(sid), lambda: assert_set(started), go_on)
+        assert until_ok(lambda: client.complete(sid)).json()["vitals"] == expected_vitals()
         assert pg.psql(f"SELECT count(*) FROM sessions WHERE id = '{sid}'").strip() == "0"
-        gone = httpx.get(f"{srv.base_url}/sdk/session/result/{sid}", headers=headers, timeout=60)
-        assert gone.status_code == 404, gone.text
+        assert client.result(sid).status_code == 404
+
+
+def assert_set(event: threading.Event) -> None:
+    assert event.wait(30), "inference never started"
 
 
 def test_s3_unavailable_at_upload_complete_is_a_retryable_503_and_nothing_is_lost(
