@@ -14,10 +14,12 @@ Sync methods touch only stores and are called from a thread pool; async ones are
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +52,7 @@ S = SessionStatus
 # Sent with every refusal that leaves a request body unread, so uvicorn closes the connection instead of
 # reading (and discarding) the rest of a body nobody wants.
 CLOSE = {"Connection": "close"}
-# How often a claim the session store could not release is tried again (see `_abandon_upload_soon`).
+# How often a claim the session store could not release is tried again (see `_release_soon`).
 RELEASE_RETRY_S = 1.0
 NOT_UPLOADED = "No tensor has been uploaded for this session; PUT it to upload_url first"
 
@@ -82,8 +84,8 @@ class SessionService:
         self.runner = runner
         self.single_process = single_process
         self.inflight: dict[str, asyncio.Future[Outcome]] = {}
-        # Claims of failed PUTs that could not be released because the session store was down; each task
-        # retries until the store answers, so the client's repeated PUT (409 meanwhile) gets through.
+        # Claims of failed requests that could not be released because the session store was down; each
+        # task retries until the store answers, so the client's repeat (409 meanwhile) gets through.
         self._releases: set[asyncio.Task[None]] = set()
         # Outcomes computed here whose session row could not be settled (the session store was down):
         # kept in memory, never on disk, until the client's repeated upload-complete settles and gets
@@ -99,10 +101,15 @@ class SessionService:
         target: SessionStatus,
         *,
         require_upload: bool | None = None,
+        claim: str | None = None,
+        holder: str | None = None,
     ) -> bool:
-        """One step of the table, as a compare-and-set: False when another request got there first."""
+        """One step of the table, as a compare-and-set: False when another request got there first.
+        `claim` is the token a claiming step writes, `holder` the one a releasing step requires."""
         check_transition(source, target)
-        return self.sessions.transition(session_id, source, target, require_upload=require_upload)
+        return self.sessions.transition(
+            session_id, source, target, require_upload=require_upload, claim=claim, holder=holder
+        )
 
     # ---- callers ------------------------------------------------------------------------------------
 
@@ -183,7 +190,17 @@ class SessionService:
         session = await run_in_threadpool(self.sessions.get_session, session_id)
         if session is None:
             raise ApiError.of(codes.SESSION_NOT_FOUND, "Session not found", headers=CLOSE)
-        if not await run_in_threadpool(self.move, session_id, S.CREATED, S.UPLOADING, require_upload=False):
+        claim = new_claim()
+        release = functools.partial(self._abandon_upload, session_id, claim)
+        try:
+            claimed = await run_in_threadpool(
+                self.move, session_id, S.CREATED, S.UPLOADING, require_upload=False, claim=claim
+            )
+        except StoreUnavailable:
+            # The claim may have been written and only its acknowledgement lost: release it if it is there.
+            await asyncio.shield(self._release_soon(release, session_id, signed_expiry))
+            raise
+        if not claimed:
             raise upload_refusal(await run_in_threadpool(self.sessions.get_session, session_id))
         try:
             n_bytes = 0
@@ -193,9 +210,11 @@ class SessionService:
                     writer.write(chunk)
                 writer.commit()
             await run_in_threadpool(self._validate_stored, session_id)
-            recorded = await run_in_threadpool(self.sessions.finish_upload, session_id, time.time(), n_bytes)
+            recorded = await run_in_threadpool(
+                functools.partial(self.sessions.finish_upload, session_id, time.time(), n_bytes, claim=claim)
+            )
         except BaseException:
-            await asyncio.shield(self._abandon_upload_soon(session_id, signed_expiry))
+            await asyncio.shield(self._release_soon(release, session_id, signed_expiry))
             raise
         if not recorded:
             await run_in_threadpool(self.blobs.delete, session_id)
@@ -218,34 +237,48 @@ class SessionService:
             raise ApiError.of(codes.INVALID_REQUEST, str(exc)) from None
         return len(payload)
 
-    def _abandon_upload(self, session_id: str) -> None:
+    def _abandon_upload(self, session_id: str, claim: str) -> None:
+        """Undo a failed PUT if its claim stands: the blob first, while no other PUT can write one, then
+        the claim and any recorded upload in one statement. A claim that was never written (its
+        statement failed) or is gone (expired) leaves everything as it is."""
+        session = self.sessions.get_session(session_id)
+        if session is None or session.status != S.UPLOADING or session.claim_token != claim:
+            return
+        check_transition(S.UPLOADING, S.CREATED)
         self.blobs.delete(session_id)
-        self.sessions.clear_upload(session_id)
-        self.move(session_id, S.UPLOADING, S.CREATED)
+        self.sessions.release_upload(session_id, claim=claim)
 
-    async def _abandon_upload_soon(self, session_id: str, until_s: float) -> None:
-        """Release a failed PUT's claim now or, if the session store is down, as soon as it is back.
+    def _release_processing(self, session_id: str, claim: str) -> None:
+        """Put a session this request claimed for inference back to `uploading`, its tensor kept."""
+        self.move(session_id, S.PROCESSING, S.UPLOADING, holder=claim)
 
-        A claim left in place would answer every repeated PUT with 409 until the session expired: the
-        store going down mid-upload must cost the client a retry, not the session.
+    async def _release_soon(self, release: Callable[[], None], session_id: str, until_s: float) -> None:
+        """Release a failed request's claim now or, if the session store is down, as soon as it is back.
+
+        A claim left in place would answer every repeat with 409 until the session expired: the store
+        going down (or losing one acknowledgement) must cost the client a retry, not the session.
+        Releases require the request's own claim token, so one that comes late can never undo a claim
+        another request has made since.
         """
         try:
-            await run_in_threadpool(self._abandon_upload, session_id)
+            await run_in_threadpool(release)
         except StoreUnavailable:
-            log.warning("session store unreachable; releasing the upload claim on %s later", session_id)
-            task = asyncio.create_task(self._release_when_reachable(session_id, until_s))
+            log.warning("session store unreachable; releasing the claim on %s later", session_id)
+            task = asyncio.create_task(self._release_when_reachable(release, session_id, until_s))
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
 
-    async def _release_when_reachable(self, session_id: str, until_s: float) -> None:
+    async def _release_when_reachable(
+        self, release: Callable[[], None], session_id: str, until_s: float
+    ) -> None:
         while time.time() < until_s:  # after that the sweeper expires the session anyway
             await asyncio.sleep(RELEASE_RETRY_S)
             try:
-                await run_in_threadpool(self._abandon_upload, session_id)
+                await run_in_threadpool(release)
             except StoreUnavailable:
                 continue
             except Exception:
-                log.exception("releasing the upload claim on %s failed", session_id)
+                log.exception("releasing the claim on %s failed", session_id)
             return
 
     # ---- completion ---------------------------------------------------------------------------------
@@ -292,13 +325,19 @@ class SessionService:
         try:
             if direct:
                 await run_in_threadpool(self._accept_direct_upload, session.id)
-            claimed = await run_in_threadpool(
-                self.move, session.id, S.UPLOADING, S.PROCESSING, require_upload=True
-            )
+            claim = new_claim()
+            release = functools.partial(self._release_processing, session.id, claim)
+            try:
+                claimed = await run_in_threadpool(
+                    self.move, session.id, S.UPLOADING, S.PROCESSING, require_upload=True, claim=claim
+                )
+            except StoreUnavailable:  # the claim may stand with its acknowledgement lost
+                await asyncio.shield(self._release_soon(release, session.id, session.expires_at))
+                raise
             if not claimed:
                 outcome = await self._settled_outcome(session.id)
             else:
-                outcome = await self._infer(session)
+                outcome = await self._infer(session, release)
                 await asyncio.shield(self._finish_or_keep(session, outcome))
         except BaseException as exc:
             future.set_exception(exc)
@@ -342,11 +381,12 @@ class SessionService:
         check_transition(S.CREATED, S.UPLOADING)
         self.sessions.record_direct_upload(session_id, time.time(), n_bytes)
 
-    async def _infer(self, session: SessionRow) -> Outcome:
+    async def _infer(self, session: SessionRow, release: Callable[[], None]) -> Outcome:
+        """The runner's outcome; on failure `release` puts the claimed session back to `uploading`."""
         try:
             return await self.runner.run(session, self.config.max_upload_bytes)
         except MissingTensor:
-            await asyncio.shield(run_in_threadpool(self.move, session.id, S.PROCESSING, S.UPLOADING))
+            await asyncio.shield(self._release_soon(release, session.id, session.expires_at))
             raise ApiError.of(
                 codes.INVALID_REQUEST, "The uploaded tensor is gone; start a new session"
             ) from None
@@ -355,7 +395,7 @@ class SessionService:
             # in-process one is gone, so the session goes back to `uploading` and a retry of
             # upload-complete runs it again (its tensor is still stored).
             if not self.runner.stores_outcome:
-                await asyncio.shield(run_in_threadpool(self.move, session.id, S.PROCESSING, S.UPLOADING))
+                await asyncio.shield(self._release_soon(release, session.id, session.expires_at))
             raise
 
     async def _wait_elsewhere(self, session_id: str) -> Outcome:
@@ -475,3 +515,8 @@ def upload_refusal(session: SessionRow | None) -> ApiError:
     if session.status == S.EXPIRED:
         return ApiError.of(codes.FORBIDDEN, "Upload URL has expired", headers=CLOSE)
     return ApiError.of(codes.FORBIDDEN, "Upload URL has already been used", headers=CLOSE)
+
+
+def new_claim() -> str:
+    """A claim token: unguessable and unique per request, so a release can only ever be its own."""
+    return secrets.token_hex(8)

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -150,6 +151,86 @@ def postgres() -> Iterator[Postgres]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+class AckLosingProxy:
+    """A TCP proxy in front of PostgreSQL that can lose one acknowledgement, the fault a dropped link or
+    a failover causes: the write commits but its answer never arrives, so the client cannot tell.
+
+    `lose_ack(marker)` arms it: the next statement whose bytes carry `marker` (a session id) and that
+    changes a row is forwarded, PostgreSQL runs it (the stores use autocommit, so it is committed when
+    the answer is sent), and the proxy closes that connection instead of delivering the answer
+    "UPDATE 1". Everything else passes untouched.
+    """
+
+    def __init__(self, upstream: Postgres) -> None:
+        self.upstream = upstream
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._marker: bytes | None = None
+        self._lost = threading.Event()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return self.upstream.url.replace(f":{self.upstream.port}/", f":{self.port}/")
+
+    def lose_ack(self, marker: str) -> threading.Event:
+        """Lose the answer to the next row change carrying `marker`; the event is set once it has."""
+        with self._lock:
+            self._marker, self._lost = marker.encode(), threading.Event()
+            return self._lost
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+    def __enter__(self) -> AckLosingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream.port))
+            carrying = threading.Event()  # the statement in flight on this connection carries the marker
+            threading.Thread(target=self._to_server, args=(client, server, carrying), daemon=True).start()
+            threading.Thread(target=self._to_client, args=(server, client, carrying), daemon=True).start()
+
+    def _to_server(self, client: socket.socket, server: socket.socket, carrying: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := client.recv(65536):
+                with self._lock:
+                    if self._marker is not None and self._marker in chunk:
+                        carrying.set()
+                server.sendall(chunk)
+        _close_both(client, server)
+
+    def _to_client(self, server: socket.socket, client: socket.socket, carrying: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := server.recv(65536):
+                with self._lock:
+                    if carrying.is_set() and self._marker is not None and b"UPDATE 1\x00" in chunk:
+                        self._marker = None
+                        self._lost.set()
+                        break
+                carrying.clear()
+                client.sendall(chunk)
+        _close_both(client, server)
+
+
+def _close_both(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
 
 
 @dataclass

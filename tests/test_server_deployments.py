@@ -590,6 +590,44 @@ def test_postgres_crashing_during_inference_keeps_the_vitals_for_the_retry(tmp_p
         assert client.result(sid).status_code == 404
 
 
+def test_a_lost_acknowledgement_of_a_put_claim_costs_a_retry_not_the_session(tmp_path: Path) -> None:
+    """PostgreSQL commits the PUT's claim (created -> uploading) but its answer is lost. The server cannot
+    tell whether it holds the claim, so the PUT is a retryable 503 and the claim, if it stands, is
+    released under its token; the repeated PUT gets through. The claim used to stay with nobody
+    holding it, and every later PUT was a 409 until the session expired."""
+    with (
+        services.postgres() as pg,
+        services.AckLosingProxy(pg) as proxy,
+        start_embedded(data_dir=tmp_path, database_url=proxy.url) as srv,
+    ):
+        client = Client(srv)
+        started = client.start().json()
+        sid, url = started["session_id"], started["upload_url"]
+        lost = proxy.lose_ack(sid)
+        assert_error(client.put(url), 503, "SERVICE_UNAVAILABLE")
+        assert lost.is_set(), "no acknowledgement was lost: the fault did not happen"
+        until_ok(lambda: client.put(url))
+        done = client.complete(sid)
+        assert done.status_code == 200 and done.json()["vitals"] == expected_vitals(), done.text
+
+
+def test_a_lost_acknowledgement_of_the_processing_claim_costs_a_retry(tmp_path: Path) -> None:
+    """The same for upload-complete's claim (uploading -> processing): a retryable 503, then the repeat
+    runs inference. The session used to stay `processing` with no process running it (409s)."""
+    with (
+        services.postgres() as pg,
+        services.AckLosingProxy(pg) as proxy,
+        start_embedded(data_dir=tmp_path, database_url=proxy.url) as srv,
+    ):
+        client = Client(srv)
+        sid = client.uploaded()["session_id"]
+        lost = proxy.lose_ack(sid)
+        assert_error(client.complete(sid), 503, "SERVICE_UNAVAILABLE")
+        assert lost.is_set(), "no acknowledgement was lost: the fault did not happen"
+        assert until_ok(lambda: client.complete(sid)).json()["vitals"] == expected_vitals()
+        assert pg.psql(f"SELECT count(*) FROM sessions WHERE id = '{sid}'").strip() == "0"
+
+
 def assert_set(event: threading.Event) -> None:
     assert event.wait(30), "inference never started"
 

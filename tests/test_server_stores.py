@@ -108,10 +108,11 @@ def test_transitions_are_compare_and_set(sessions: SessionStore) -> None:
     new = new_session(sessions, key)
     sessions.start_session(new, quota=10)
     sid = new.session_id
-    assert sessions.transition(sid, S.CREATED, S.UPLOADING, require_upload=False)
-    assert not sessions.transition(sid, S.CREATED, S.UPLOADING, require_upload=False)
+    assert sessions.transition(sid, S.CREATED, S.UPLOADING, require_upload=False, claim="put-1")
+    assert not sessions.transition(sid, S.CREATED, S.UPLOADING, require_upload=False, claim="put-2")
     assert not sessions.transition(sid, S.UPLOADING, S.PROCESSING, require_upload=True)
-    assert sessions.finish_upload(sid, time.time(), 123)
+    assert not sessions.finish_upload(sid, time.time(), 123, claim="put-2")  # not the claimant
+    assert sessions.finish_upload(sid, time.time(), 123, claim="put-1")
     assert sessions.transition(sid, S.UPLOADING, S.PROCESSING, require_upload=True)
     assert sessions.store_response(sid, S.COMPLETED, {"vitals": {"heart_rate": 70}}, time.time())
     assert not sessions.store_response(sid, S.FAILED, {"vitals": {}}, time.time())  # settled already
@@ -139,6 +140,51 @@ def test_a_direct_upload_is_claimed_and_recorded_in_one_step(sessions: SessionSt
     assert row is not None and row.status == S.PROCESSING and row.upload_bytes == 77
 
 
+def test_only_the_claimant_releases_a_claim(sessions: SessionStore) -> None:
+    """A release that comes late (its request lost the database's acknowledgement and tried again) must
+    not undo the claim a newer request has made since: releases name the claim they release."""
+    key = sessions.create_key("acme")
+    new = new_session(sessions, key)
+    sessions.start_session(new, quota=10)
+    sid = new.session_id
+    assert sessions.transition(sid, S.CREATED, S.UPLOADING, require_upload=False, claim="put-1")
+    assert sessions.finish_upload(sid, time.time(), 5, claim="put-1")
+    assert sessions.release_upload(sid, claim="put-1")
+    row = sessions.get_session(sid)
+    assert row is not None and row.status == S.CREATED and row.claim_token is None
+    assert row.uploaded_at is None and row.upload_bytes is None  # released with its upload forgotten
+    assert sessions.transition(sid, S.CREATED, S.UPLOADING, require_upload=False, claim="put-2")
+    assert not sessions.release_upload(sid, claim="put-1")  # the late release of the first PUT
+    assert sessions.finish_upload(sid, time.time(), 6, claim="put-2")
+    row = sessions.get_session(sid)
+    assert row is not None and row.status == S.UPLOADING and row.claim_token == "put-2"
+    assert sessions.transition(sid, S.UPLOADING, S.PROCESSING, require_upload=True, claim="run-1")
+    assert not sessions.transition(sid, S.PROCESSING, S.UPLOADING, holder="run-0")
+    assert sessions.transition(sid, S.PROCESSING, S.UPLOADING, holder="run-1")
+    row = sessions.get_session(sid)
+    assert row is not None and row.status == S.UPLOADING and row.claim_token is None
+    assert row.upload_bytes == 6  # the tensor stays recorded for the next run
+
+
+def test_a_sqlite_database_written_before_claim_tokens_gains_the_column(tmp_path: Path) -> None:
+    """An existing data directory keeps working after the upgrade: the column is added on open."""
+    import sqlite3
+
+    from server.stores import sqlite as sqlite_store
+
+    before = sqlite_store._SCHEMA.replace(",\n    claim_token TEXT", "")
+    assert before != sqlite_store._SCHEMA
+    with sqlite3.connect(tmp_path / sqlite_store.DB_NAME) as conn:
+        conn.executescript(before)
+    store = sqlite_store.SqliteSessionStore(tmp_path)
+    new = new_session(store, store.create_key("acme"))
+    store.start_session(new, quota=10)
+    assert store.transition(new.session_id, S.CREATED, S.UPLOADING, require_upload=False, claim="put")
+    row = store.get_session(new.session_id)
+    assert row is not None and row.claim_token == "put"
+    store.close()
+
+
 def test_sweep_expires_and_drops_results(sessions: SessionStore) -> None:
     key = sessions.create_key("acme")
     old = new_session(sessions, key, now_s=time.time() - 100, ttl_s=10)
@@ -161,8 +207,8 @@ def test_postgres_sweep_expires_sessions_stuck_in_processing(pg: services.Postgr
     key = store.create_key("acme")
     new = new_session(store, key, now_s=time.time() - 100, ttl_s=10)
     store.start_session(new, quota=10)
-    assert store.transition(new.session_id, S.CREATED, S.UPLOADING, require_upload=False)
-    assert store.finish_upload(new.session_id, time.time(), 10)
+    assert store.transition(new.session_id, S.CREATED, S.UPLOADING, require_upload=False, claim="put")
+    assert store.finish_upload(new.session_id, time.time(), 10, claim="put")
     assert store.transition(new.session_id, S.UPLOADING, S.PROCESSING, require_upload=True)
     assert store.sweep(time.time(), retention_s=86400) == []  # maybe still running: left alone
     assert store.sweep(time.time() + STALE_PROCESSING_S, retention_s=86400) == [new.session_id]

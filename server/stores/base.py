@@ -89,6 +89,10 @@ class SessionRow:
     upload_bytes: int | None
     response: dict[str, Any] | None
     completed_at: float | None
+    # Who holds an `uploading` or `processing` session: the random token of the request that claimed
+    # it. Releases are conditional on it, so a request that cannot tell whether its claim was written
+    # (the database acknowledgement was lost) can release it later without touching anyone else's.
+    claim_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +112,9 @@ class SessionStore(Protocol):
 
     Counters must be exact however many processes share the store: `count_request` and `start_session`
     check and increment in one atomic step. `transition` is a compare-and-set, the only way a status
-    changes after creation; the session service decides which transitions are legal.
+    changes after creation; the session service decides which transitions are legal. A request that
+    claims a session (created → uploading, uploading → processing) writes a claim token of its own, and
+    every step that only the claimant may take (recording its upload, releasing the claim) requires it.
     """
 
     def close(self) -> None: ...
@@ -137,20 +143,25 @@ class SessionStore(Protocol):
         to_status: SessionStatus,
         *,
         require_upload: bool | None = None,
+        claim: str | None = None,
+        holder: str | None = None,
     ) -> bool:
-        """Set `to_status` if the session is in `from_status` (and has / has not an upload); False if not."""
+        """Set `to_status` and the claim token `claim` (None clears it) if the session is in
+        `from_status`, has / has not an upload as `require_upload` says, and, when `holder` is given, is
+        held under that token; False if not."""
         ...
 
-    def finish_upload(self, session_id: str, now_s: float, n_bytes: int) -> bool:
-        """Record a stored upload on an `uploading` session; False if it is no longer uploading."""
+    def finish_upload(self, session_id: str, now_s: float, n_bytes: int, *, claim: str) -> bool:
+        """Record a stored upload on a session `uploading` under `claim`; False if it no longer is."""
         ...
 
     def record_direct_upload(self, session_id: str, now_s: float, n_bytes: int) -> bool:
         """created → uploading with the upload recorded, in one statement; False if not `created`."""
         ...
 
-    def clear_upload(self, session_id: str) -> None:
-        """Forget a recorded upload (the tensor was refused): the session can be uploaded again."""
+    def release_upload(self, session_id: str, *, claim: str) -> bool:
+        """uploading → created with any recorded upload forgotten, in one statement, if the session is
+        still held under `claim` (the PUT failed or its tensor was refused); False if not."""
         ...
 
     def store_response(
@@ -203,6 +214,30 @@ class BlobStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def transition_statement(
+    session_id: str,
+    from_status: SessionStatus,
+    to_status: SessionStatus,
+    *,
+    require_upload: bool | None,
+    claim: str | None,
+    holder: str | None,
+    mark: str,
+) -> tuple[str, tuple[Any, ...]]:
+    """The compare-and-set of `SessionStore.transition` as (SQL, parameters), with `mark` the dialect's
+    placeholder, so that every store states the same condition."""
+    sql = f"UPDATE sessions SET status = {mark}, claim_token = {mark} WHERE id = {mark} AND status = {mark}"
+    params: list[Any] = [to_status.value, claim, session_id, from_status.value]
+    if require_upload is True:
+        sql += " AND uploaded_at IS NOT NULL"
+    elif require_upload is False:
+        sql += " AND uploaded_at IS NULL"
+    if holder is not None:
+        sql += f" AND claim_token = {mark}"
+        params.append(holder)
+    return sql, tuple(params)
 
 
 def hash_key(key: str) -> bytes:

@@ -43,9 +43,11 @@ from server.stores.base import (
     key_id_of,
     month_of,
     rate_window_start,
+    transition_statement,
 )
 
-# Columns of `sessions` that describe one session; only developer_id, status and expires_at keep stats.
+# Columns of `sessions` that describe one session; only developer_id, status and expires_at keep stats
+# (claim_token, added later, has its statistics turned off by its own migration).
 _PRIVATE_COLUMNS: Final = (
     "id",
     "key_id",
@@ -117,6 +119,13 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         "ALTER TABLE sessions "
         + ", ".join(f"ALTER COLUMN {c} SET STATISTICS 0" for c in _PRIVATE_COLUMNS)
         + ";",
+    ),
+    (
+        4,
+        "claim tokens: a request that lost the acknowledgement of its claim can still release it, and a "
+        "late release cannot take another request's claim",
+        "ALTER TABLE sessions ADD COLUMN claim_token TEXT; "
+        "ALTER TABLE sessions ALTER COLUMN claim_token SET STATISTICS 0;",
     ),
 )
 # A session `processing` this long after its expiry has no job left that could finish it.
@@ -311,21 +320,28 @@ class PostgresSessionStore:
         to_status: SessionStatus,
         *,
         require_upload: bool | None = None,
+        claim: str | None = None,
+        holder: str | None = None,
     ) -> bool:
-        sql = "UPDATE sessions SET status = %s WHERE id = %s AND status = %s"
-        if require_upload is True:
-            sql += " AND uploaded_at IS NOT NULL"
-        elif require_upload is False:
-            sql += " AND uploaded_at IS NULL"
+        sql, params = transition_statement(
+            session_id,
+            from_status,
+            to_status,
+            require_upload=require_upload,
+            claim=claim,
+            holder=holder,
+            mark="%s",
+        )
         with self._conn() as conn:
-            return conn.execute(sql, (to_status.value, session_id, from_status.value)).rowcount == 1
+            return conn.execute(sql, params).rowcount == 1
 
-    def finish_upload(self, session_id: str, now_s: float, n_bytes: int) -> bool:
+    def finish_upload(self, session_id: str, now_s: float, n_bytes: int, *, claim: str) -> bool:
         with self._conn() as conn:
             return (
                 conn.execute(
-                    "UPDATE sessions SET uploaded_at = %s, upload_bytes = %s WHERE id = %s AND status = 'uploading'",
-                    (now_s, n_bytes, session_id),
+                    "UPDATE sessions SET uploaded_at = %s, upload_bytes = %s "
+                    "WHERE id = %s AND status = 'uploading' AND claim_token = %s",
+                    (now_s, n_bytes, session_id, claim),
                 ).rowcount
                 == 1
             )
@@ -341,10 +357,15 @@ class PostgresSessionStore:
                 == 1
             )
 
-    def clear_upload(self, session_id: str) -> None:
+    def release_upload(self, session_id: str, *, claim: str) -> bool:
         with self._conn() as conn:
-            conn.execute(
-                "UPDATE sessions SET uploaded_at = NULL, upload_bytes = NULL WHERE id = %s", (session_id,)
+            return (
+                conn.execute(
+                    "UPDATE sessions SET status = 'created', uploaded_at = NULL, upload_bytes = NULL, "
+                    "claim_token = NULL WHERE id = %s AND status = 'uploading' AND claim_token = %s",
+                    (session_id, claim),
+                ).rowcount
+                == 1
             )
 
     def store_response(
@@ -368,9 +389,12 @@ class PostgresSessionStore:
         """Single-process deployments only: several processes share this database, and one process's
         restart must not reset sessions another is working on (the queue retries dead workers' jobs)."""
         with self._conn() as conn, conn.transaction():
-            conn.execute("UPDATE sessions SET status = 'uploading' WHERE status = 'processing'")
             conn.execute(
-                "UPDATE sessions SET status = 'created' WHERE status = 'uploading' AND uploaded_at IS NULL"
+                "UPDATE sessions SET status = 'uploading', claim_token = NULL WHERE status = 'processing'"
+            )
+            conn.execute(
+                "UPDATE sessions SET status = 'created', claim_token = NULL "
+                "WHERE status = 'uploading' AND uploaded_at IS NULL"
             )
 
     def sweep(self, now_s: float, retention_s: int) -> list[str]:
@@ -408,4 +432,5 @@ def _session(row: dict[str, Any]) -> SessionRow:
         upload_bytes=row["upload_bytes"],
         response=row["response"],
         completed_at=row["completed_at"],
+        claim_token=row["claim_token"],
     )

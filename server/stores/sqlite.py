@@ -39,6 +39,7 @@ from server.stores.base import (
     key_id_of,
     month_of,
     rate_window_start,
+    transition_statement,
 )
 
 log = logging.getLogger("vitalcam.server")
@@ -71,7 +72,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     uploaded_at REAL,
     upload_bytes INTEGER,
     response TEXT,
-    completed_at REAL
+    completed_at REAL,
+    claim_token TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions(expires_at);
 CREATE TABLE IF NOT EXISTS usage (
@@ -109,6 +111,7 @@ class SqliteSessionStore:
             raise RuntimeError("this SQLite build cannot enable secure_delete; refusing to store health data")
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            _add_missing_columns(self._conn)
 
     def close(self) -> None:
         with self._lock:
@@ -287,23 +290,30 @@ class SqliteSessionStore:
         to_status: SessionStatus,
         *,
         require_upload: bool | None = None,
+        claim: str | None = None,
+        holder: str | None = None,
     ) -> bool:
         """Compare-and-set the status; False when another request got there first."""
-        sql = "UPDATE sessions SET status = ? WHERE id = ? AND status = ?"
-        if require_upload is True:
-            sql += " AND uploaded_at IS NOT NULL"
-        elif require_upload is False:
-            sql += " AND uploaded_at IS NULL"
+        sql, params = transition_statement(
+            session_id,
+            from_status,
+            to_status,
+            require_upload=require_upload,
+            claim=claim,
+            holder=holder,
+            mark="?",
+        )
         with self._tx() as conn:
-            return conn.execute(sql, (to_status.value, session_id, from_status.value)).rowcount == 1
+            return conn.execute(sql, params).rowcount == 1
 
-    def finish_upload(self, session_id: str, now_s: float, n_bytes: int) -> bool:
+    def finish_upload(self, session_id: str, now_s: float, n_bytes: int, *, claim: str) -> bool:
         """Record a stored upload; False if the session expired while it streamed (the caller drops it)."""
         with self._tx() as conn:
             return (
                 conn.execute(
-                    "UPDATE sessions SET uploaded_at = ?, upload_bytes = ? WHERE id = ? AND status = 'uploading'",
-                    (now_s, n_bytes, session_id),
+                    "UPDATE sessions SET uploaded_at = ?, upload_bytes = ? "
+                    "WHERE id = ? AND status = 'uploading' AND claim_token = ?",
+                    (now_s, n_bytes, session_id, claim),
                 ).rowcount
                 == 1
             )
@@ -319,10 +329,15 @@ class SqliteSessionStore:
                 == 1
             )
 
-    def clear_upload(self, session_id: str) -> None:
+    def release_upload(self, session_id: str, *, claim: str) -> bool:
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE sessions SET uploaded_at = NULL, upload_bytes = NULL WHERE id = ?", (session_id,)
+            return (
+                conn.execute(
+                    "UPDATE sessions SET status = 'created', uploaded_at = NULL, upload_bytes = NULL, "
+                    "claim_token = NULL WHERE id = ? AND status = 'uploading' AND claim_token = ?",
+                    (session_id, claim),
+                ).rowcount
+                == 1
             )
 
     def store_response(
@@ -347,9 +362,12 @@ class SqliteSessionStore:
     def recover_after_restart(self) -> None:
         """Sessions a previous process left mid-flight go back to where a client can retry them."""
         with self._tx() as conn:
-            conn.execute("UPDATE sessions SET status = 'uploading' WHERE status = 'processing'")
             conn.execute(
-                "UPDATE sessions SET status = 'created' WHERE status = 'uploading' AND uploaded_at IS NULL"
+                "UPDATE sessions SET status = 'uploading', claim_token = NULL WHERE status = 'processing'"
+            )
+            conn.execute(
+                "UPDATE sessions SET status = 'created', claim_token = NULL "
+                "WHERE status = 'uploading' AND uploaded_at IS NULL"
             )
         self.checkpoint()  # a previous process may have died between a deletion and its checkpoint
 
@@ -400,4 +418,17 @@ def _session(row: sqlite3.Row) -> SessionRow:
         upload_bytes=row["upload_bytes"],
         response=json.loads(row["response"]) if row["response"] else None,
         completed_at=row["completed_at"],
+        claim_token=row["claim_token"],
     )
+
+
+# Columns added after the first release, with their type: a database written by an older version gets
+# them on open (SQLite's ALTER TABLE ADD COLUMN is cheap: existing rows read NULL).
+_ADDED_COLUMNS: Final = (("sessions", "claim_token", "TEXT"),)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, column, kind in _ADDED_COLUMNS:
+        present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
