@@ -65,7 +65,12 @@ def face_traces(frames: Iterable[tuple[float, np.ndarray]]) -> Traces:
     means: list[np.ndarray] = []
     found: list[bool] = []
     last: np.ndarray | None = None
-    with fm.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False) as mesh:
+    from preprocess.face import quiet_native_logs
+
+    with quiet_native_logs():  # mediapipe's C++ lines as its models open, in the middle of every report
+        mesh = fm.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False)
+        mesh.process(np.zeros((64, 64, 3), np.uint8))  # the models open (and log) on the first frame
+    with mesh:
         for t_s, image in frames:
             height, width = image.shape[:2]
             result = mesh.process(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))

@@ -78,9 +78,9 @@ def straightforward_fps(path: Path, max_frames: int) -> tuple[float, float]:
 
     from preprocess import regions
     from preprocess.extract import CB_MAX, CB_MIN, CLIP_LEVEL, CR_MAX, CR_MIN, DARK_LUMA
-    from preprocess.face import _quiet_fd2
+    from preprocess.face import quiet_native_logs
 
-    with _quiet_fd2():  # mediapipe's C++ start-up log lines
+    with quiet_native_logs():  # mediapipe's C++ start-up log lines
         mesh = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=False, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.3
         )

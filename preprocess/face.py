@@ -42,7 +42,7 @@ _first_face_done = False
 
 
 @contextlib.contextmanager
-def _quiet_fd2() -> Iterator[None]:
+def quiet_native_logs() -> Iterator[None]:
     """Send fd 2 to /dev/null for the duration (C++ writes there directly, bypassing sys.stderr).
 
     The env variables above do not reach absl logging before `absl::InitializeLog()`, which mediapipe
@@ -166,7 +166,7 @@ class MediaPipeFaceMesh:
         and a first `process` waits for them. The first time in a process the warm-up image is a face,
         because the first landmark projection logs too; a blank image then clears the tracking state."""
         global _first_face_done
-        with _quiet_fd2():
+        with quiet_native_logs():
             import mediapipe as mp
 
             mesh = mp.solutions.face_mesh.FaceMesh(**self._options)
@@ -207,7 +207,7 @@ class MediaPipeFaceMesh:
     def _process_quietly(self, rgb: np.ndarray) -> Any:
         """Fallback when no warm-up face was available: silence fd 2 until the first face is seen."""
         global _first_face_done
-        with _quiet_fd2():
+        with quiet_native_logs():
             result = self._mesh.process(rgb)
         _first_face_done = bool(result.multi_face_landmarks)
         return result
@@ -263,7 +263,7 @@ class CroppedFaceMesh:
         return FACE_MESH_REGIONS
 
     def _open_detector(self) -> object:
-        with _quiet_fd2():
+        with quiet_native_logs():
             import mediapipe as mp
 
             detector = mp.solutions.face_detection.FaceDetection(
