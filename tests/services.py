@@ -199,7 +199,11 @@ class AckLosingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self.upstream.port))
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream.port))
+            except OSError:  # PostgreSQL is down: the client sees the connection refused, as it would
+                _close_both(client)
+                continue
             carrying = threading.Event()  # the statement in flight on this connection carries the marker
             threading.Thread(target=self._to_server, args=(client, server, carrying), daemon=True).start()
             threading.Thread(target=self._to_client, args=(server, client, carrying), daemon=True).start()
