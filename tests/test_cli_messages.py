@@ -116,6 +116,18 @@ def test_usage_errors_use_words_and_one_minimum(env, tmp_path) -> None:
     assert not (tmp_path / "nonexistent").exists()
 
 
+def test_a_path_without_its_option_is_answered_with_the_option(env, tmp_path) -> None:
+    """`vitalcam measure clip.mp4` is the most natural thing to type; the error says what to type instead."""
+    clip = tmp_path / "clip.mp4"
+    done = run(["measure", str(clip)], env)
+    assert done.returncode == 2
+    assert f"unrecognized arguments: {clip}" in done.stderr
+    assert f"--video {clip}" in done.stderr and f"--camera {clip}" in done.stderr
+    done = run(["serve", "--no-such-flag"], env)
+    assert done.returncode == 2 and "unrecognized arguments: --no-such-flag" in done.stderr
+    assert "--video" not in done.stderr
+
+
 def test_no_camera_is_quiet_about_opencv_and_says_what_to_do(env) -> None:
     if Path("/dev/video0").exists():
         pytest.skip("this machine has a camera 0")

@@ -277,9 +277,18 @@ def _demo_help() -> str:
     )
 
 
+def _hint_for(command: str | None, extra: list[str]) -> str:
+    """The likely intent behind a stray argument: `vitalcam measure clip.mp4` means a replay."""
+    if command == "measure" and len(extra) == 1 and not extra[0].startswith("-"):
+        return f" (to replay a recorded video: --video {extra[0]}; a camera or stream: --camera {extra[0]})"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{_hint_for(args.command, extra)}")
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
