@@ -58,6 +58,15 @@ NOT_UPLOADED = "No tensor has been uploaded for this session; PUT it to upload_u
 
 
 @dataclass(frozen=True, slots=True)
+class _Kept:
+    """An outcome computed here whose session could not be settled, until its developer comes back."""
+
+    outcome: Outcome
+    expires_at: float
+    developer_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Caller:
     """An authenticated request: its key and the limits after counting it."""
 
@@ -90,7 +99,7 @@ class SessionService:
         # Outcomes computed here whose session row could not be settled (the session store was down):
         # kept in memory, never on disk, until the client's repeated upload-complete settles and gets
         # them, or the session expires. A queue worker stores its outcome in the row instead.
-        self._undelivered: dict[str, tuple[Outcome, float]] = {}
+        self._undelivered: dict[str, _Kept] = {}
 
     # ---- state machine ------------------------------------------------------------------------------
 
@@ -293,12 +302,14 @@ class SessionService:
 
     async def complete(self, caller: Caller, session_id: str) -> dict[str, Any]:
         """Run inference once per session; concurrent or repeated calls get that same answer."""
+        kept = self._undelivered.get(session_id)
+        if kept is not None and kept.developer_id == caller.key.developer_id:
+            # Before the row is read: with PERSIST_VITALS=false it may be gone already (the delete
+            # committed and only its acknowledgement was lost).
+            await asyncio.shield(run_in_threadpool(self._finish, session_id, kept.outcome))
+            self._undelivered.pop(session_id, None)
+            return kept.outcome.body
         session = await run_in_threadpool(self.owned_session, caller, session_id)
-        kept = self._undelivered.get(session.id)
-        if kept is not None:
-            await asyncio.shield(run_in_threadpool(self._finish, session.id, kept[0]))
-            self._undelivered.pop(session.id, None)
-            return kept[0].body
         running = self.inflight.get(session.id)
         if running is not None:
             return (await asyncio.shield(running)).body
@@ -359,7 +370,9 @@ class SessionService:
         except StoreUnavailable:
             if not self.runner.stores_outcome:
                 log.warning("session store unreachable; keeping the outcome of %s for a retry", session.id)
-                self._undelivered[session.id] = (outcome, float(session.expires_at))
+                self._undelivered[session.id] = _Kept(
+                    outcome, float(session.expires_at), session.developer_id
+                )
             raise
 
     def _accept_direct_upload(self, session_id: str) -> None:
@@ -457,8 +470,8 @@ class SessionService:
 
     def sweep(self) -> int:
         now_s = time.time()
-        for session_id, (_, expires_at) in list(self._undelivered.items()):
-            if now_s >= expires_at:  # nobody came back for it: it goes with the session
+        for session_id, kept in list(self._undelivered.items()):
+            if now_s >= kept.expires_at:  # nobody came back for it: it goes with the session
                 self._undelivered.pop(session_id, None)
         expired = self.sessions.sweep(now_s, self.config.expired_retention_s)
         for session_id in expired:

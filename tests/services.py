@@ -157,10 +157,10 @@ class AckLosingProxy:
     """A TCP proxy in front of PostgreSQL that can lose one acknowledgement, the fault a dropped link or
     a failover causes: the write commits but its answer never arrives, so the client cannot tell.
 
-    `lose_ack(marker)` arms it: the next statement whose bytes carry `marker` (a session id) and that
-    changes a row is forwarded, PostgreSQL runs it (the stores use autocommit, so it is committed when
-    the answer is sent), and the proxy closes that connection instead of delivering the answer
-    "UPDATE 1". Everything else passes untouched.
+    `lose_ack(marker, skip=k)` arms it: of the statements whose bytes carry `marker` (a session id) and
+    that change a row, the first k pass and the next one is forwarded, PostgreSQL runs it (the stores
+    use autocommit, so it is committed when the answer is sent), and the proxy closes that connection
+    instead of delivering the answer ("UPDATE 1" or "DELETE 1"). Everything else passes untouched.
     """
 
     def __init__(self, upstream: Postgres) -> None:
@@ -169,6 +169,7 @@ class AckLosingProxy:
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self._marker: bytes | None = None
+        self._skip = 0
         self._lost = threading.Event()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -177,10 +178,11 @@ class AckLosingProxy:
     def url(self) -> str:
         return self.upstream.url.replace(f":{self.upstream.port}/", f":{self.port}/")
 
-    def lose_ack(self, marker: str) -> threading.Event:
-        """Lose the answer to the next row change carrying `marker`; the event is set once it has."""
+    def lose_ack(self, marker: str, *, skip: int = 0) -> threading.Event:
+        """Lose the answer to the row change carrying `marker` after `skip` of them; the event is set
+        once it has."""
         with self._lock:
-            self._marker, self._lost = marker.encode(), threading.Event()
+            self._marker, self._skip, self._lost = marker.encode(), skip, threading.Event()
             return self._lost
 
     def close(self) -> None:
@@ -221,10 +223,13 @@ class AckLosingProxy:
         with contextlib.suppress(OSError):
             while chunk := server.recv(65536):
                 with self._lock:
-                    if carrying.is_set() and self._marker is not None and b"UPDATE 1\x00" in chunk:
-                        self._marker = None
-                        self._lost.set()
-                        break
+                    changed = b"UPDATE 1\x00" in chunk or b"DELETE 1\x00" in chunk
+                    if carrying.is_set() and self._marker is not None and changed:
+                        if self._skip == 0:
+                            self._marker = None
+                            self._lost.set()
+                            break
+                        self._skip -= 1
                 carrying.clear()
                 client.sendall(chunk)
         _close_both(client, server)

@@ -31,6 +31,7 @@ import pytest
 from contract.errors import ERROR_CODES
 from contract.vitals import DEFAULT_FALLBACK_CONFIG
 from server import start_embedded
+from server.keys import create_key
 from server.processing import default_infer, process_upload
 from server.runner import EmbeddedServer
 from server.stores.base import NewSession
@@ -626,6 +627,46 @@ def test_a_lost_acknowledgement_of_the_processing_claim_costs_a_retry(tmp_path: 
         assert lost.is_set(), "no acknowledgement was lost: the fault did not happen"
         assert until_ok(lambda: client.complete(sid)).json()["vitals"] == expected_vitals()
         assert pg.psql(f"SELECT count(*) FROM sessions WHERE id = '{sid}'").strip() == "0"
+
+
+def test_a_lost_acknowledgement_of_the_upload_record_costs_a_retry(tmp_path: Path) -> None:
+    """The PUT's second row change (recording the stored upload) commits and its answer is lost: a 503,
+    the blob and the record go with the claim, and the repeated PUT stores the tensor again."""
+    with (
+        services.postgres() as pg,
+        services.AckLosingProxy(pg) as proxy,
+        start_embedded(data_dir=tmp_path, database_url=proxy.url) as srv,
+    ):
+        client = Client(srv)
+        started = client.start().json()
+        sid, url = started["session_id"], started["upload_url"]
+        lost = proxy.lose_ack(sid, skip=1)
+        assert_error(client.put(url), 503, "SERVICE_UNAVAILABLE")
+        assert lost.is_set(), "no acknowledgement was lost: the fault did not happen"
+        until_ok(lambda: client.put(url))
+        done = client.complete(sid)
+        assert done.status_code == 200 and done.json()["vitals"] == expected_vitals(), done.text
+
+
+def test_a_lost_acknowledgement_of_the_privacy_delete_still_delivers_the_vitals(tmp_path: Path) -> None:
+    """PERSIST_VITALS=false: after inference the row is deleted, the delete commits and its answer is
+    lost. upload-complete is a 503; the repeat gets the vitals computed before (kept in memory only),
+    although the row they belonged to is already gone. It used to get 404 SESSION_NOT_FOUND."""
+    with (
+        services.postgres() as pg,
+        services.AckLosingProxy(pg) as proxy,
+        start_embedded(data_dir=tmp_path, database_url=proxy.url) as srv,
+    ):
+        client = Client(srv)
+        sid = client.uploaded()["session_id"]
+        lost = proxy.lose_ack(sid, skip=1)  # the processing claim passes, the delete's answer is lost
+        assert_error(client.complete(sid), 503, "SERVICE_UNAVAILABLE")
+        assert lost.is_set(), "no acknowledgement was lost: the fault did not happen"
+        assert pg.psql(f"SELECT count(*) FROM sessions WHERE id = '{sid}'").strip() == "0"
+        stranger = Client(srv, create_key(tmp_path, "stranger", database_url=pg.url))
+        assert_error(stranger.complete(sid), 404, "SESSION_NOT_FOUND")  # kept for its developer only
+        assert until_ok(lambda: client.complete(sid)).json()["vitals"] == expected_vitals()
+        assert client.complete(sid).status_code == 404  # delivered once, then nothing is left
 
 
 def assert_set(event: threading.Event) -> None:
