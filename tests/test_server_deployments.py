@@ -591,22 +591,41 @@ def test_postgres_crashing_during_inference_keeps_the_vitals_for_the_retry(tmp_p
         assert client.result(sid).status_code == 404
 
 
-def test_a_lost_acknowledgement_of_a_put_claim_costs_a_retry_not_the_session(tmp_path: Path) -> None:
-    """PostgreSQL commits the PUT's claim (created -> uploading) but its answer is lost. The server cannot
-    tell whether it holds the claim, so the PUT is a retryable 503 and the claim, if it stands, is
-    released under its token; the repeated PUT gets through. The claim used to stay with nobody
-    holding it, and every later PUT was a 409 until the session expired."""
+@contextlib.contextmanager
+def behind_ack_losing_proxy(
+    tmp_path: Path,
+) -> Iterator[tuple[services.Postgres, services.AckLosingProxy, EmbeddedServer]]:
+    """The embedded server on a real PostgreSQL, reached through `services.AckLosingProxy`."""
     with (
         services.postgres() as pg,
         services.AckLosingProxy(pg) as proxy,
         start_embedded(data_dir=tmp_path, database_url=proxy.url) as srv,
     ):
+        yield pg, proxy, srv
+
+
+def answer_lost(
+    proxy: services.AckLosingProxy, sid: str, call: Callable[[], httpx.Response], skip: int = 0
+) -> None:
+    """Run `call` with the answer to its row change of session `sid` after `skip` of them lost (the
+    change itself committed): it must be the retryable 503."""
+    lost = proxy.lose_ack(sid, skip=skip)
+    assert_error(call(), 503, "SERVICE_UNAVAILABLE")
+    assert lost.is_set(), "no acknowledgement was lost: the fault did not happen"
+
+
+@pytest.mark.parametrize("skip", [0, 1], ids=["claim", "upload-record"])
+def test_a_lost_acknowledgement_during_a_put_costs_a_retry_not_the_session(tmp_path: Path, skip: int) -> None:
+    """PostgreSQL commits the PUT's claim (created -> uploading), or its record of the stored upload, but
+    the answer is lost. The server cannot tell what it holds, so the PUT is a retryable 503 and the
+    claim, if it stands, goes under its token with the blob and the record; the repeated PUT gets
+    through. A lost claim used to stay with nobody holding it: every later PUT was a 409 until the
+    session expired."""
+    with behind_ack_losing_proxy(tmp_path) as (_, proxy, srv):
         client = Client(srv)
         started = client.start().json()
         sid, url = started["session_id"], started["upload_url"]
-        lost = proxy.lose_ack(sid)
-        assert_error(client.put(url), 503, "SERVICE_UNAVAILABLE")
-        assert lost.is_set(), "no acknowledgement was lost: the fault did not happen"
+        answer_lost(proxy, sid, lambda: client.put(url), skip)
         until_ok(lambda: client.put(url))
         done = client.complete(sid)
         assert done.status_code == 200 and done.json()["vitals"] == expected_vitals(), done.text
@@ -615,53 +634,22 @@ def test_a_lost_acknowledgement_of_a_put_claim_costs_a_retry_not_the_session(tmp
 def test_a_lost_acknowledgement_of_the_processing_claim_costs_a_retry(tmp_path: Path) -> None:
     """The same for upload-complete's claim (uploading -> processing): a retryable 503, then the repeat
     runs inference. The session used to stay `processing` with no process running it (409s)."""
-    with (
-        services.postgres() as pg,
-        services.AckLosingProxy(pg) as proxy,
-        start_embedded(data_dir=tmp_path, database_url=proxy.url) as srv,
-    ):
+    with behind_ack_losing_proxy(tmp_path) as (pg, proxy, srv):
         client = Client(srv)
         sid = client.uploaded()["session_id"]
-        lost = proxy.lose_ack(sid)
-        assert_error(client.complete(sid), 503, "SERVICE_UNAVAILABLE")
-        assert lost.is_set(), "no acknowledgement was lost: the fault did not happen"
+        answer_lost(proxy, sid, lambda: client.complete(sid))
         assert until_ok(lambda: client.complete(sid)).json()["vitals"] == expected_vitals()
         assert pg.psql(f"SELECT count(*) FROM sessions WHERE id = '{sid}'").strip() == "0"
-
-
-def test_a_lost_acknowledgement_of_the_upload_record_costs_a_retry(tmp_path: Path) -> None:
-    """The PUT's second row change (recording the stored upload) commits and its answer is lost: a 503,
-    the blob and the record go with the claim, and the repeated PUT stores the tensor again."""
-    with (
-        services.postgres() as pg,
-        services.AckLosingProxy(pg) as proxy,
-        start_embedded(data_dir=tmp_path, database_url=proxy.url) as srv,
-    ):
-        client = Client(srv)
-        started = client.start().json()
-        sid, url = started["session_id"], started["upload_url"]
-        lost = proxy.lose_ack(sid, skip=1)
-        assert_error(client.put(url), 503, "SERVICE_UNAVAILABLE")
-        assert lost.is_set(), "no acknowledgement was lost: the fault did not happen"
-        until_ok(lambda: client.put(url))
-        done = client.complete(sid)
-        assert done.status_code == 200 and done.json()["vitals"] == expected_vitals(), done.text
 
 
 def test_a_lost_acknowledgement_of_the_privacy_delete_still_delivers_the_vitals(tmp_path: Path) -> None:
     """PERSIST_VITALS=false: after inference the row is deleted, the delete commits and its answer is
     lost. upload-complete is a 503; the repeat gets the vitals computed before (kept in memory only),
     although the row they belonged to is already gone. It used to get 404 SESSION_NOT_FOUND."""
-    with (
-        services.postgres() as pg,
-        services.AckLosingProxy(pg) as proxy,
-        start_embedded(data_dir=tmp_path, database_url=proxy.url) as srv,
-    ):
+    with behind_ack_losing_proxy(tmp_path) as (pg, proxy, srv):
         client = Client(srv)
         sid = client.uploaded()["session_id"]
-        lost = proxy.lose_ack(sid, skip=1)  # the processing claim passes, the delete's answer is lost
-        assert_error(client.complete(sid), 503, "SERVICE_UNAVAILABLE")
-        assert lost.is_set(), "no acknowledgement was lost: the fault did not happen"
+        answer_lost(proxy, sid, lambda: client.complete(sid), skip=1)  # the processing claim passes
         assert pg.psql(f"SELECT count(*) FROM sessions WHERE id = '{sid}'").strip() == "0"
         stranger = Client(srv, create_key(tmp_path, "stranger", database_url=pg.url))
         assert_error(stranger.complete(sid), 404, "SESSION_NOT_FOUND")  # kept for its developer only
