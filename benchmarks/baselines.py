@@ -53,6 +53,8 @@ def face_traces(frames: Iterable[tuple[float, np.ndarray]]) -> Traces:
     import cv2
     import mediapipe as mp
 
+    from preprocess.face import quiet_native_logs
+
     fm = mp.solutions.face_mesh
     holes = (
         fm.FACEMESH_LEFT_EYE,
@@ -65,8 +67,6 @@ def face_traces(frames: Iterable[tuple[float, np.ndarray]]) -> Traces:
     means: list[np.ndarray] = []
     found: list[bool] = []
     last: np.ndarray | None = None
-    from preprocess.face import quiet_native_logs
-
     with quiet_native_logs():  # mediapipe's C++ lines as its models open, in the middle of every report
         mesh = fm.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False)
         mesh.process(np.zeros((64, 64, 3), np.uint8))  # the models open (and log) on the first frame
