@@ -20,6 +20,9 @@ need numpy 2, vitalcam pins numpy 1.26 for mediapipe, so never into ours):
 Ceilings: PyAV decoding with no conversion on one thread (what any replay must at least pay), and the bare
 `cv2.VideoCapture.read()` loop (decode plus BGR conversion). vitalcam runs `process(open_source(path))`,
 pinned to one core and, separately, on two cores (its decode thread and FFmpeg's then get the second).
+Every clock runs alike: from opening the file to the last frame, with each system's model built before
+it (open-rppg's `rppg.Model()`, vitallens' `VitalLens(...)`, vitalcam's landmark model, passed to
+`process` as `backend`).
 `--landmark-max 16` adds vitalcam on one core at another landmark maximum, in the same rounds.
 """
 
@@ -46,10 +49,10 @@ PEERS = {"open-rppg": ("open-rppg==0.1.1",), "vitallens": ("vitallens==0.6.2", "
 # Each child prints {"frames": N, "seconds": S} for one timed pass over the file in argv[1].
 _PYAV = """
 import av, json, sys, time
+start = time.perf_counter(); n = 0
 with av.open(sys.argv[1]) as container:
     stream = container.streams.video[0]
     stream.thread_count = 1
-    start = time.perf_counter(); n = 0
     for frame in container.decode(stream):
         n += 1
     print(json.dumps({"frames": n, "seconds": time.perf_counter() - start}))
@@ -57,8 +60,8 @@ with av.open(sys.argv[1]) as container:
 _CV2 = """
 import cv2, json, sys, time
 cv2.setNumThreads(1)
-capture = cv2.VideoCapture(sys.argv[1])
 start = time.perf_counter(); n = 0
+capture = cv2.VideoCapture(sys.argv[1])
 while capture.read()[0]:
     n += 1
 print(json.dumps({"frames": n, "seconds": time.perf_counter() - start}))
@@ -67,11 +70,13 @@ _VITALCAM = """
 import json, sys, time
 from capture import open_source
 from preprocess import PreprocessConfig, Preprocessor, process
-Preprocessor().close()  # load the models and the numba cache before the clock starts
+from preprocess.face import default_backend
+model = default_backend()  # the landmark model, built before the clock as the peers build theirs
+Preprocessor(backend=model).close()  # and the numba cache loaded
 start = time.perf_counter()
 with open_source(sys.argv[1]) as source:
     config = PreprocessConfig(source="video", min_usable_s=1.0, min_face_share=0.0, **OVERRIDES)
-    measurement = process(source, config, prefetch=PREFETCH)
+    measurement = process(source, config, backend=model, prefetch=PREFETCH)
 print(json.dumps({"frames": measurement.n_frames, "seconds": time.perf_counter() - start}))
 """
 _OPEN_RPPG = """
