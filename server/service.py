@@ -220,7 +220,7 @@ class SessionService:
                 writer.commit()
             await run_in_threadpool(self._validate_stored, session_id)
             recorded = await run_in_threadpool(
-                functools.partial(self.sessions.finish_upload, session_id, time.time(), n_bytes, claim=claim)
+                self.sessions.finish_upload, session_id, time.time(), n_bytes, claim=claim
             )
         except BaseException:
             await asyncio.shield(self._release_soon(release, session_id, signed_expiry))
