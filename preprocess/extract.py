@@ -85,8 +85,8 @@ def region_sums(
     ly_stop = min(labels.shape[0], height - y0 - reach_y)
     lx_start = max(0, -x0)
     lx_stop = min(labels.shape[1], width - x0 - reach_x)
-    clipped = 0
-    dark = 0
+    clipped = np.int64(0)
+    dark = np.int64(0)
     luma_milli = np.int64(0)
     for ly in range(ly_start, ly_stop):
         row0 = image_bgr[y0 + ly]
@@ -117,20 +117,21 @@ def region_sums(
                 clipped += saturated
                 dark += (not saturated) and 299 * r + 587 * g + 114 * b < DARK_LUMA * 1000
             n = xb - xa
-            b0, g0, r0 = np.int64(b0), np.int64(g0), np.int64(r0)
-            b1, g1, r1 = np.int64(b1), np.int64(g1), np.int64(r1)
-            luma_milli += 299 * r0 + 587 * g0 + 114 * b0
+            # Widened before the weights: a weighted run sum overflows int32.
+            wb0, wg0, wr0 = np.int64(b0), np.int64(g0), np.int64(r0)
+            wb1, wg1, wr1 = np.int64(b1), np.int64(g1), np.int64(r1)
+            luma_milli += 299 * wr0 + 587 * wg0 + 114 * wb0
             # The taps one pixel to the right: the run's sums shifted by one pixel.
-            sb = w00 * b0 + w01 * b1
-            sg = w00 * g0 + w01 * g1
-            sr = w00 * r0 + w01 * r1
+            sb = w00 * wb0 + w01 * wb1
+            sg = w00 * wg0 + w01 * wg1
+            sr = w00 * wr0 + w01 * wr1
             if reach_x:
-                sb += w10 * (b0 - np.int64(row0[xa, 0]) + np.int64(row0[xb, 0]))
-                sb += w11 * (b1 - np.int64(row1[xa, 0]) + np.int64(row1[xb, 0]))
-                sg += w10 * (g0 - np.int64(row0[xa, 1]) + np.int64(row0[xb, 1]))
-                sg += w11 * (g1 - np.int64(row1[xa, 1]) + np.int64(row1[xb, 1]))
-                sr += w10 * (r0 - np.int64(row0[xa, 2]) + np.int64(row0[xb, 2]))
-                sr += w11 * (r1 - np.int64(row1[xa, 2]) + np.int64(row1[xb, 2]))
+                sb += w10 * (wb0 - np.int64(row0[xa, 0]) + np.int64(row0[xb, 0]))
+                sb += w11 * (wb1 - np.int64(row1[xa, 0]) + np.int64(row1[xb, 0]))
+                sg += w10 * (wg0 - np.int64(row0[xa, 1]) + np.int64(row0[xb, 1]))
+                sg += w11 * (wg1 - np.int64(row1[xa, 1]) + np.int64(row1[xb, 1]))
+                sr += w10 * (wr0 - np.int64(row0[xa, 2]) + np.int64(row0[xb, 2]))
+                sr += w11 * (wr1 - np.int64(row1[xa, 2]) + np.int64(row1[xb, 2]))
             stats[STAT_PIXELS] += n
             for region in range(n_regions):
                 if (label >> region) & 1:
