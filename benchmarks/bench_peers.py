@@ -16,7 +16,8 @@ need numpy 2, vitalcam pins numpy 1.26 for mediapipe, so never into ours):
   * open-rppg 0.1.1: `Model.process_video(path)` (PyAV decode to RGB, BlazeFace every 5th frame, a Kalman
     box, crop and 72x72 resize) with the network call replaced by zeros: its preprocessing alone.
   * vitallens 0.6.2, method "pos", from a path: its ffmpeg reader (the child processes are pinned with
-    it), face detection and POS. Skipped when no `ffmpeg` is on PATH.
+    it), face detection and POS. It needs the `ffmpeg` and `ffprobe` programs: run as root, the benchmark
+    installs Debian's ffmpeg on first use; otherwise, without them on PATH, vitallens is skipped.
 Ceilings: PyAV decoding with no conversion on one thread (what any replay must at least pay), and the bare
 `cv2.VideoCapture.read()` loop (decode plus BGR conversion). vitalcam runs `process(open_source(path))`,
 pinned to one core and, separately, on two cores (its decode thread and FFmpeg's then get the second).
@@ -197,6 +198,22 @@ def inputs(cache_dir: Path, sizes: list[str], duration_s: float, ubfc: Path | No
     return videos
 
 
+def have_ffmpeg() -> bool:
+    """Whether vitallens' `ffmpeg` and `ffprobe` programs are on PATH, after installing Debian's ffmpeg on
+    first use where we may (root, apt-get), so that a fresh machine prints the whole table the way the
+    peers' pip packages install themselves; the Makefile installs python3-venv the same way."""
+    if shutil.which("ffmpeg") and shutil.which("ffprobe"):
+        return True
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    print("installing Debian's ffmpeg for vitallens (first use) ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "ffmpeg"]):
+        if subprocess.run(command, env=env, capture_output=True, check=False).returncode != 0:
+            return False
+    return bool(shutil.which("ffmpeg") and shutil.which("ffprobe"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="480p,720p,1080p")
@@ -228,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                 lambda: peer_python(args.cache_dir, "open-rppg"),
             )
         )
-        if shutil.which("ffmpeg"):
+        if have_ffmpeg():
             systems.append(
                 System(
                     "vitallens 0.6.2 POS from a path",
@@ -237,7 +254,10 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
         else:
-            print("vitallens: skipped (it reads videos with an ffmpeg child; apt-get install ffmpeg)")
+            print(
+                "vitallens: skipped (it runs the ffmpeg and ffprobe programs, which are not on PATH:"
+                " apt-get install ffmpeg, or run this as root where apt-get works)"
+            )
     systems.append(System(_VITALCAM_ONE_CORE, _vitalcam("True"), _ours))
     for maximum in args.landmark_max:
         overrides = {"landmark_max_interval_frames": maximum}
