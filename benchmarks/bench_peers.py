@@ -209,7 +209,11 @@ def have_ffmpeg() -> bool:
     print("installing Debian's ffmpeg for vitallens (first use) ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "ffmpeg"]):
-        if subprocess.run(command, env=env, capture_output=True, check=False).returncode != 0:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(
+                f"  {' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-1500:]}", flush=True
+            )
             return False
     return bool(shutil.which("ffmpeg") and shutil.which("ffprobe"))
 
